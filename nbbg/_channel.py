@@ -1,0 +1,184 @@
+"""The progress channel: worker processes -> kernel, one socket per worker.
+
+Each worker opens one ``multiprocessing.connection`` to the kernel's
+listener (a Linux abstract AF_UNIX socket, or a socket file in a private
+directory elsewhere; an authkey guards it either way) and sends small tuples
+``(kind, job_id, payload)``. A job's ``set_progress`` only stores the latest
+value; a flush thread in the worker sends it about every 10 ms, so the job
+never blocks on the kernel and the kernel sees at most ~100 messages per
+second per running job.
+
+Kinds: ``progress`` (latest value), ``props`` (merged ``set_props`` updates),
+``bad_progress`` (a value that could not be pickled; payload is the reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from multiprocessing.connection import Client, Connection, Listener
+from typing import Any, Callable
+
+LOGGER = logging.getLogger("nbbg")
+
+FLUSH_INTERVAL = 0.01
+Message = tuple[str, str, Any]
+
+
+def _new_address() -> str:
+    if sys.platform.startswith("linux"):
+        return f"\0nbbg-{uuid.uuid4().hex}"
+    return os.path.join(tempfile.mkdtemp(prefix="nbbg-"), "progress.sock")
+
+
+class ProgressListener:
+    """Kernel side: accepts worker connections and hands messages to a callback."""
+
+    def __init__(self, on_message: Callable[[Message], None]) -> None:
+        self.address = _new_address()
+        self.authkey = os.urandom(32)
+        self._on_message = on_message
+        self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
+        self._closed = False
+        self._connections: list[Connection] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept_loop, name="nbbg-accept", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn = self._listener.accept()
+            except Exception:  # noqa: BLE001 - a failed handshake or a closed listener
+                if self._closed:
+                    return
+                continue
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._connections.append(conn)
+            threading.Thread(
+                target=self._read_loop, args=(conn,), name="nbbg-progress", daemon=True
+            ).start()
+
+    def _read_loop(self, conn: Connection) -> None:
+        try:
+            while True:
+                message = conn.recv()
+                try:
+                    self._on_message(message)
+                except Exception:  # noqa: BLE001 - never let a bad message stop the reader
+                    LOGGER.exception("nbbg: error while handling a progress message")
+        except (EOFError, OSError):
+            pass  # the worker exited
+        finally:
+            with self._lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            connections = list(self._connections)
+        try:  # wake the accept() call so its thread ends
+            Client(self.address, family="AF_UNIX", authkey=self.authkey).close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._listener.close()
+        for conn in connections:
+            conn.close()
+
+
+class JobReporter:
+    """Worker side, one per job: what ``set_progress`` / ``set_props`` write to.
+
+    ``set_progress`` is a single attribute store (the value wrapped in a fresh
+    tuple, so the flush thread can tell new from already-sent by identity).
+    """
+
+    __slots__ = ("job_id", "_latest", "_sent", "_props", "_props_lock", "messages_sent")
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._latest: tuple[Any] | None = None
+        self._sent: tuple[Any] | None = None
+        self._props: dict[str, dict[str, Any]] = {}
+        self._props_lock = threading.Lock()
+        self.messages_sent = 0
+
+    def set_progress(self, value: Any) -> None:
+        self._latest = (value,)
+
+    def set_props(self, component_id: str, props: dict[str, Any]) -> None:
+        with self._props_lock:
+            merged = self._props.get(component_id)
+            self._props[component_id] = {**merged, **props} if merged else dict(props)
+
+    def _take(self) -> list[Message]:
+        messages: list[Message] = []
+        latest = self._latest
+        if latest is not None and latest is not self._sent:
+            self._sent = latest
+            messages.append(("progress", self.job_id, latest[0]))
+        if self._props:
+            with self._props_lock:
+                props, self._props = self._props, {}
+            messages.append(("props", self.job_id, props))
+        return messages
+
+
+class ProgressSender:
+    """Worker side: one connection to the kernel and the flush thread."""
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        self._conn = Client(address, family="AF_UNIX", authkey=authkey)
+        self._send_lock = threading.Lock()
+        self._active: JobReporter | None = None
+        self._job_started = threading.Event()
+        threading.Thread(target=self._flush_loop, name="nbbg-flush", daemon=True).start()
+
+    def begin(self, job_id: str) -> JobReporter:
+        reporter = JobReporter(job_id)
+        self._active = reporter
+        self._job_started.set()
+        return reporter
+
+    def end(self, reporter: JobReporter) -> int:
+        """Stop flushing ``reporter`` after one last flush; return messages sent."""
+        self._active = None
+        self._job_started.clear()
+        self.flush(reporter)
+        return reporter.messages_sent
+
+    def flush(self, reporter: JobReporter) -> None:
+        with self._send_lock:
+            for message in reporter._take():
+                self._send(reporter, message)
+
+    def _send(self, reporter: JobReporter, message: Message) -> None:
+        try:
+            self._conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            os._exit(0)  # the kernel is gone: nobody is left to serve
+        except Exception as exc:  # noqa: BLE001 - a value that cannot be pickled
+            kind, job_id, _ = message
+            reason = f"{kind} value: {type(exc).__name__}: {exc}"
+            self._conn.send(("bad_progress", job_id, reason))
+        reporter.messages_sent += 1
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._job_started.wait()
+            reporter = self._active
+            while reporter is not None:
+                time.sleep(FLUSH_INTERVAL)
+                self.flush(reporter)
+                reporter = self._active

@@ -1,0 +1,530 @@
+"""The engine: a FIFO queue in front of N slots, a job table, events out.
+
+::
+
+    submit() ──► queued_jobs (FIFO) ──► free Slot ──► loky worker ──► run_job
+                     ▲                                   │     │
+    cancel() ────────┘ drop if queued,                   │     └─ result ─► store (diskcache)
+                       else kill + respawn the slot      │
+                                                         └─ progress ─► ProgressListener
+    job table ◄── progress / completion ──┘
+        └──► subscribers (JobEvent), wait(), jobs()
+
+It knows nothing of Dash or widgets. All state is guarded by one lock; events
+are sent to subscribers after the lock is released.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict, deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cloudpickle
+import diskcache
+
+from . import _worker
+from ._channel import Message, ProgressListener
+from ._errors import (
+    BadProgressError,
+    JobCancelledError,
+    JobFailedError,
+    ShutdownError,
+    UnknownJobError,
+    UnpicklableArgumentsError,
+    WorkerDiedError,
+)
+from ._jobs import Job, JobEvent, JobFailure, JobSnapshot, JobState
+from ._shipping import FunctionRegistry
+from ._slots import Slot
+from ._store import MISSING, read_result
+
+LOGGER = logging.getLogger("nbbg")
+
+RESULT_TTL = 24 * 3600.0
+"""Seconds a job's own result is kept in the store (cache_by entries use ``expire``)."""
+
+Subscriber = Callable[[JobEvent], None]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    slot: int
+    pid: int | None
+    job_id: str | None
+
+
+class Engine:
+    """Runs callables in warm loky workers, at most ``max_workers`` at a time."""
+
+    def __init__(
+        self,
+        store: diskcache.Cache,
+        max_workers: int | None = None,
+        *,
+        prewarm: bool = True,
+        warm_modules: tuple[str, ...] = (),
+        history: int = 1000,
+    ) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        _check_worker_count(max_workers)
+        self.store = store
+        self.history = history
+        self._warm_modules = warm_modules
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._queued: deque[tuple[Job, Any, Any]] = deque()
+        self._subscribers: list[Subscriber] = []
+        self._functions = FunctionRegistry()
+        self._closed = False
+        self._listener = ProgressListener(self._on_message)
+        self._initargs = (os.getpid(), self._listener.address, self._listener.authkey)
+        self._slots: list[Slot] = []
+        self._target_workers = max_workers
+        self._started = False
+        if prewarm:
+            self._start_slots()
+        self_ref = weakref.ref(self)
+        atexit.register(lambda: (engine := self_ref()) is not None and engine.shutdown())
+
+    # ---------------------------------------------------------------- slots
+    def _start_slots(self) -> None:
+        with self._lock:
+            self._started = True
+            while len(self._slots) < self._target_workers:
+                self._slots.append(Slot(len(self._slots), self._initargs, self._warm_modules))
+
+    @property
+    def max_workers(self) -> int:
+        return self._target_workers
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            return [WorkerInfo(s.index, s.worker_pid(), s.job_id) for s in self._slots]
+
+    def resize(self, max_workers: int) -> None:
+        """Change the number of workers; busy workers beyond it finish their job first."""
+        _check_worker_count(max_workers)
+        with self._lock:
+            self._ensure_open()
+            self._target_workers = max_workers
+            for slot in self._slots[max_workers:]:
+                slot.retiring = True
+            for slot in self._slots[:max_workers]:
+                slot.retiring = False
+            self._retire_idle_slots()
+            self._start_slots()
+            events = self._dispatch()
+        self._emit(events)
+
+    def restart(self) -> None:
+        """Fresh workers (e.g. after editing an imported module); running jobs finish first."""
+        with self._lock:
+            self._ensure_open()
+            self._functions.clear()
+            for slot in self._slots:
+                if slot.busy:
+                    slot.needs_restart = True
+                else:
+                    slot.replace_worker()
+
+    def _retire_idle_slots(self) -> None:
+        kept = []
+        for slot in self._slots:
+            if slot.retiring and not slot.busy:
+                slot.close()
+            else:
+                kept.append(slot)
+        for index, slot in enumerate(kept):
+            slot.index = index
+        self._slots = kept
+
+    # ---------------------------------------------------------------- jobs
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        call: Any,
+        *,
+        name: str | None = None,
+        label: str = "",
+        runner: _worker.Runner = _worker.call_plain,
+        result_key: str | None = None,
+        expire: float | None = None,
+    ) -> str:
+        """Queue ``runner(fn, reporter, call)`` in a worker; return the job id.
+
+        Raises ``UnpicklableCallbackError`` / ``UnpicklableArgumentsError`` at
+        once when ``fn`` or ``call`` cannot be sent to a worker.
+        """
+        name = name or getattr(fn, "__name__", type(fn).__name__)
+        self._ensure_open()
+        shipped = self._functions.ship(fn, name)
+        try:
+            args_payload = cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001
+            raise UnpicklableArgumentsError(name, exc) from exc
+        job_id = uuid.uuid4().hex
+        job = Job(job_id, name, label, result_key or f"nbbg-result-{job_id}")
+        spec = _worker.JobSpec(
+            job_id=job_id,
+            name=name,
+            token=shipped.token,
+            payload=None,
+            runner=runner,
+            args_payload=args_payload,
+            store_directory=self.store.directory,
+            result_key=job.result_key,
+            expire=expire if result_key is not None else RESULT_TTL,
+        )
+        with self._lock:
+            self._ensure_open()
+            if not self._started:
+                self._start_slots()
+            self._jobs[job_id] = job
+            self._queued.append((job, spec, shipped.payload))
+            events = [JobEvent("state", self._snapshot(job))]
+            events += self._dispatch()
+            self._forget_old_jobs()
+        self._emit(events)
+        return job_id
+
+    def add_finished(self, name: str, label: str, result_key: str) -> str:
+        """Record a job answered from the cache without running (a cache hit)."""
+        return self._add_ended(name, label, result_key, JobState.DONE, None, cache_hit=True)
+
+    def add_failed(self, name: str, label: str, failure: JobFailure) -> str:
+        """Record a job that failed before it could be queued (bad input)."""
+        return self._add_ended(name, label, "", JobState.ERROR, failure, cache_hit=False)
+
+    def _add_ended(
+        self, name: str, label: str, result_key: str, state: JobState,
+        failure: JobFailure | None, *, cache_hit: bool,
+    ) -> str:
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        job = Job(job_id, name, label, result_key, state=state, started_at=now,
+                  finished_at=now, failure=failure, cache_hit=cache_hit)
+        with self._lock:
+            self._jobs[job_id] = job
+            event = JobEvent("state", self._snapshot(job))
+            self._forget_old_jobs()
+            self._changed.notify_all()
+        self._emit([event])
+        return job_id
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a queued or running job; False (and no effect) for any other id."""
+        with self._lock:
+            job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+            if job is None or not job.state.active:
+                return False
+            events = self._end_job(job, JobState.CANCELLED, None)
+            events += self._dispatch()
+        self._emit(events)
+        return True
+
+    def cancel_all(self) -> int:
+        with self._lock:
+            active = [job.id for job in self._jobs.values() if job.state.active]
+        return sum(self.cancel(job_id) for job_id in active)
+
+    def fail(self, job_id: str, failure: JobFailure) -> None:
+        """End an active job with ``failure``; mark a done job as failed."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            if job.state.active:
+                events = self._end_job(job, JobState.ERROR, failure)
+                events += self._dispatch()
+            elif job.state is JobState.DONE:
+                job.state, job.failure = JobState.ERROR, failure
+                events = [JobEvent("state", self._snapshot(job))]
+            else:
+                return
+        self._emit(events)
+
+    def get(self, job_id: str) -> JobSnapshot | None:
+        with self._lock:
+            job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+            return None if job is None else self._snapshot(job)
+
+    def jobs(self) -> list[JobSnapshot]:
+        """All remembered jobs, oldest first."""
+        with self._lock:
+            positions = {job.id: k for k, (job, _, _) in enumerate(self._queued, 1)}
+            return [job.snapshot(positions.get(job.id)) for job in self._jobs.values()]
+
+    def result_key(self, job_id: str) -> str | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else job.result_key
+
+    def result(self, job_id: str) -> Any:
+        """The stored result of a done job, or ``MISSING`` when it is gone."""
+        key = self.result_key(job_id)
+        if not key:
+            return MISSING
+        return read_result(self.store, key)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Block until the job ends; return its result or raise why it did not."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise UnknownJobError(job_id)
+            while job.state.active:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"job {job_id} ({job.name}) still {job.state.value} after {timeout} s")
+                self._changed.wait(remaining)
+            state, failure = job.state, job.failure
+        if state is JobState.CANCELLED:
+            raise JobCancelledError(job_id)
+        if state is JobState.ERROR:
+            assert failure is not None
+            raise JobFailedError(job_id, failure.message, failure.traceback)
+        value = self.result(job_id)
+        if value is MISSING:
+            raise JobFailedError(job_id, "the result is no longer in the store (expired or evicted)")
+        return value
+
+    def take_progress(self, job_id: str) -> tuple[bool, Any]:
+        """The progress value not yet delivered, at most once: ``(found, value)``."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not job.has_undelivered_progress:
+                return False, None
+            value, job.undelivered_progress = job.undelivered_progress, None
+            job.has_undelivered_progress = False
+            return True, value
+
+    def take_props(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """All ``set_props`` updates not yet delivered, merged, at most once."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not job.undelivered_props:
+                return {}
+            props, job.undelivered_props = job.undelivered_props, {}
+            return props
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber(event)`` on every state change and progress report.
+
+        It runs on an engine thread: keep it short and never print from it.
+        Returns a function that unsubscribes.
+        """
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def shutdown(self) -> None:
+        """Cancel every job and stop every worker. Safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            events: list[JobEvent] = []
+            for job in list(self._jobs.values()):
+                if job.state.active:
+                    events += self._end_job(job, JobState.CANCELLED, None)
+            for slot in self._slots:
+                slot.close()
+            self._slots = []
+            self._changed.notify_all()
+        self._listener.close()
+        self._emit(events)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---------------------------------------------------------------- internals
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise ShutdownError()
+
+    def _snapshot(self, job: Job) -> JobSnapshot:
+        position = None
+        if job.state is JobState.QUEUED:
+            for k, (queued, _, _) in enumerate(self._queued, 1):
+                if queued is job:
+                    position = k
+                    break
+        return job.snapshot(position)
+
+    def _dispatch(self) -> list[JobEvent]:
+        """Start queued jobs on free slots (lock held)."""
+        events: list[JobEvent] = []
+        while self._queued:
+            slot = next((s for s in self._slots if not s.busy and not s.retiring), None)
+            if slot is None:
+                break
+            job, spec, payload = self._queued.popleft()
+            self._start_on(slot, job, spec, payload)
+            events.append(JobEvent("state", self._snapshot(job)))
+        if events:
+            for job, _, _ in self._queued:  # queue positions moved up
+                events.append(JobEvent("state", self._snapshot(job)))
+        return events
+
+    def _start_on(self, slot: Slot, job: Job, spec: _worker.JobSpec, payload: bytes) -> None:
+        if not slot.remember_shipped(spec.token):
+            spec = _replace_payload(spec, payload)
+        job.state = JobState.RUNNING
+        job.started_at = time.time()
+        job.slot_index = slot.index
+        slot.job_id = job.id
+        try:
+            future = slot.executor.submit(_worker.run_job, spec)
+        except Exception:  # noqa: BLE001 - a broken executor: replace it and retry once
+            slot.replace_worker()
+            slot.job_id = job.id
+            slot.remember_shipped(spec.token)
+            future = slot.executor.submit(_worker.run_job, _replace_payload(spec, payload))
+        job.worker_pid = slot.worker_pid()
+        generation = slot.generation
+        future.add_done_callback(
+            lambda f: self._on_worker_done(slot, generation, job, spec, payload, f)
+        )
+
+    def _on_worker_done(
+        self, slot: Slot, generation: int, job: Job, spec: _worker.JobSpec,
+        payload: bytes, future: Future[Any],
+    ) -> None:
+        with self._lock:
+            if slot.generation != generation or slot.job_id != job.id:
+                return  # the job was cancelled and its worker replaced
+            events: list[JobEvent] = []
+            exc = future.exception()
+            if exc is not None:
+                detail = _worker.describe_exception(exc)
+                failure = JobFailure(str(WorkerDiedError(job.name, detail)))
+                events += self._end_job(job, JobState.ERROR, failure)
+            else:
+                outcome: _worker.WorkerOutcome = future.result()
+                slot.job_id = None
+                if outcome.kind == "missing_function" and not self._closed:
+                    slot.remember_shipped(spec.token)
+                    self._start_on(slot, job, _replace_payload(spec, payload), payload)
+                    return
+                job.worker_outcome = outcome
+                job.messages_expected = outcome.messages_sent
+                events += self._maybe_finish(job)
+                self._after_job(slot)
+            events += self._dispatch()
+        self._emit(events)
+
+    def _after_job(self, slot: Slot) -> None:
+        if slot.retiring:
+            self._retire_idle_slots()
+        elif slot.needs_restart:
+            slot.replace_worker()
+
+    def _maybe_finish(self, job: Job) -> list[JobEvent]:
+        """Finish a job once its worker is done and all its messages arrived."""
+        if job.messages_expected is None or job.messages_received < job.messages_expected:
+            return []
+        if not job.state.active:
+            return []
+        outcome = job.worker_outcome
+        if outcome.kind == "ok":
+            return self._end_job(job, JobState.DONE, None)
+        return self._end_job(job, JobState.ERROR, outcome.failure)
+
+    def _end_job(self, job: Job, state: JobState, failure: JobFailure | None) -> list[JobEvent]:
+        """Move an active job to a final state, freeing or replacing its slot (lock held)."""
+        was_queued = job.state is JobState.QUEUED
+        job.state, job.failure, job.finished_at = state, failure, time.time()
+        if was_queued:
+            self._queued = deque(item for item in self._queued if item[0] is not job)
+        else:
+            slot = self._slot_running(job.id)
+            if slot is not None:
+                # Cancelled, failed from outside, or died: the worker is not reusable.
+                slot.replace_worker()
+                self._after_job(slot)
+        self._changed.notify_all()
+        events = [JobEvent("state", self._snapshot(job))]
+        if was_queued:
+            events += [JobEvent("state", self._snapshot(q)) for q, _, _ in self._queued]
+        return events
+
+    def _slot_running(self, job_id: str) -> Slot | None:
+        return next((s for s in self._slots if s.job_id == job_id), None)
+
+    def _on_message(self, message: Message) -> None:
+        kind, job_id, payload = message
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            job.messages_received += 1
+            events: list[JobEvent] = []
+            if job.state.active:
+                if kind == "progress":
+                    job.progress = payload
+                    job.undelivered_progress = payload
+                    job.has_undelivered_progress = True
+                    events.append(JobEvent("progress", self._snapshot(job)))
+                elif kind == "props":
+                    for component_id, props in payload.items():
+                        merged = job.undelivered_props.get(component_id, {})
+                        job.undelivered_props[component_id] = {**merged, **props}
+                elif kind == "bad_progress":
+                    failure = JobFailure(str(BadProgressError(job.name, payload)))
+                    events += self._end_job(job, JobState.ERROR, failure)
+                    events += self._dispatch()
+            events += self._maybe_finish(job)
+        self._emit(events)
+
+    def _forget_old_jobs(self) -> None:
+        finished = [j for j in self._jobs.values() if not j.state.active]
+        for job in finished[: max(0, len(finished) - self.history)]:
+            del self._jobs[job.id]
+            if job.result_key.startswith("nbbg-result-"):
+                try:
+                    self.store.delete(job.result_key)
+                except Exception:  # noqa: BLE001 - the store may be gone; expiry cleans up
+                    pass
+
+    def _emit(self, events: list[JobEvent]) -> None:
+        if not events:
+            return
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for event in events:
+            for subscriber in subscribers:
+                try:
+                    subscriber(event)
+                except Exception:  # noqa: BLE001 - a subscriber must not break the engine
+                    LOGGER.exception("nbbg: job event subscriber failed")
+
+
+def _replace_payload(spec: _worker.JobSpec, payload: bytes) -> _worker.JobSpec:
+    from dataclasses import replace
+
+    return replace(spec, payload=payload)
+
+
+def _check_worker_count(max_workers: int) -> None:
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+        raise ValueError(f"max_workers must be a whole number of at least 1, not {max_workers!r}")

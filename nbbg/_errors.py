@@ -1,0 +1,130 @@
+"""Every error nbbg raises or reports, in one place.
+
+Each message says what happened and what to do about it. Errors that end a
+job are also shown to the user in the Dash app (as a background callback
+error) and in the notebook panel, so they are written for that reader.
+"""
+
+from __future__ import annotations
+
+
+class NbbgError(Exception):
+    """Base class of all nbbg errors."""
+
+
+class ShutdownError(NbbgError, RuntimeError):
+    """The manager was shut down; it accepts no new jobs."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this nbbg manager was shut down and accepts no new jobs: "
+            "create a new LokyManager (or run `%nbbg restart`)"
+        )
+
+
+class UnpicklableCallbackError(NbbgError, TypeError):
+    """The callback, or something it uses, cannot be sent to a worker process."""
+
+    def __init__(self, callback_name: str, culprit: str | None, cause: BaseException) -> None:
+        self.callback_name = callback_name
+        self.culprit = culprit
+        if culprit is None:
+            what = f"callback `{callback_name}` cannot be pickled ({type(cause).__name__}: {cause})"
+        else:
+            what = (
+                f"callback `{callback_name}` uses {culprit}, which cannot be pickled "
+                f"({type(cause).__name__}: {cause})"
+            )
+        super().__init__(
+            f"{what}; background jobs run in another process, so everything the "
+            "callback reads must be picklable: pass what it needs as an argument "
+            "or create it inside the function"
+        )
+
+
+class UnpicklableArgumentsError(NbbgError, TypeError):
+    """The arguments of a job cannot be sent to a worker process."""
+
+    def __init__(self, callback_name: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the arguments of `{callback_name}` cannot be pickled "
+            f"({type(cause).__name__}: {cause}): pass plain data (numbers, strings, "
+            "lists, dicts, arrays) to background jobs"
+        )
+
+
+class UnpicklableResultError(NbbgError, TypeError):
+    """A job's return value cannot be stored."""
+
+    def __init__(self, callback_name: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the value returned by `{callback_name}` cannot be pickled "
+            f"({type(cause).__name__}: {cause}): return plain data (numbers, strings, "
+            "lists, dicts, figures)"
+        )
+
+
+class BadProgressError(NbbgError, TypeError):
+    """A progress or set_props value cannot be sent to the app."""
+
+    def __init__(self, callback_name: str, detail: str) -> None:
+        super().__init__(
+            f"`{callback_name}` reported progress that cannot be sent to the app "
+            f"({detail}): pass plain data (numbers, strings, lists, dicts, figures) "
+            "to set_progress and set_props"
+        )
+
+
+class WorkerDiedError(NbbgError, RuntimeError):
+    """The worker process running a job died before the job finished."""
+
+    def __init__(self, callback_name: str, detail: str) -> None:
+        super().__init__(
+            f"the worker process running `{callback_name}` died before the job "
+            f"finished ({detail}); a fresh worker has taken its place. This "
+            "happens when the job crashes the interpreter (a segfault in a C "
+            "extension, os._exit) or is killed from outside, e.g. for using too "
+            "much memory"
+        )
+
+
+class StoreError(NbbgError, OSError):
+    """The result store cannot be read or written."""
+
+    def __init__(self, directory: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the nbbg result store at {directory!r} cannot be used "
+            f"({type(cause).__name__}: {cause}); check that the directory exists "
+            "and is writable, or pass LokyManager(cache=<another directory>)"
+        )
+
+
+class JobFailedError(NbbgError, RuntimeError):
+    """Raised by ``wait()`` for a job that ended with an error."""
+
+    def __init__(self, job_id: str, message: str, traceback_text: str = "") -> None:
+        self.job_id = job_id
+        self.message = message
+        self.traceback_text = traceback_text
+        super().__init__(f"job {job_id} failed: {message}")
+
+
+class JobCancelledError(NbbgError, RuntimeError):
+    """Raised by ``wait()`` for a job that was cancelled."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} was cancelled")
+
+
+class UnknownJobError(NbbgError, KeyError):
+    """A job id this manager does not know (or no longer remembers)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"no job {job_id!r} in this manager: job ids come from jobs() or the "
+            "panel, and finished jobs are forgotten after the newest "
+            "`history` jobs"
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])

@@ -1,0 +1,307 @@
+"""``LokyManager``: Dash's background-callback contract on top of the engine.
+
+Dash talks to a manager in cache keys (one per callback + inputs) and job ids
+(signed and handed to the browser). The engine talks in job ids only, so this
+adapter remembers the latest job per cache key for ``get_progress`` and
+``get_updated_props``, answers ``cache_by`` hits from the store without
+running anything, and turns job failures into Dash's
+``background_callback_error`` result so the browser shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import diskcache
+from dash.background_callback.managers import BaseBackgroundCallbackManager
+
+from ._dash_runner import run_dash_callback
+from ._engine import Engine, Subscriber, WorkerInfo
+from ._errors import NbbgError
+from ._jobs import JobFailure, JobSnapshot, JobState
+from ._store import MISSING, open_store, read_result
+
+WARM_MODULES = ("dash", "nbbg._dash_runner")
+
+
+@dataclass(frozen=True)
+class DashJobFunction:
+    """What ``make_job_fn`` returns: the user's callback and whether it reports progress."""
+
+    fn: Callable[..., Any]
+    has_progress: bool
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__name__", type(self.fn).__name__)
+
+
+def _label(context: Any) -> str:
+    """The triggering inputs, e.g. ``button.n_clicks=3``."""
+    triggered = (context or {}).get("triggered_inputs") or []
+    parts = []
+    for item in triggered:
+        try:
+            parts.append(f"{item['prop_id']}={item.get('value')!r}")
+        except (TypeError, KeyError):
+            continue
+    return ", ".join(parts)
+
+
+class LokyManager(BaseBackgroundCallbackManager):
+    """Run Dash background callbacks in warm loky worker processes.
+
+    A drop-in replacement for ``DiskcacheManager``::
+
+        app = Dash(__name__, background_callback_manager=nbbg.LokyManager())
+
+    :param max_workers: jobs that run at once (default: the CPU count); more
+        wait in a FIFO queue.
+    :param cache: a ``diskcache.Cache`` or a directory for results and
+        ``cache_by`` entries (default: ``~/.cache/nbbg/store``, mode 0700).
+    :param cache_by: zero-argument functions whose values join the cache key;
+        when set, identical calls are answered from the store without running.
+    :param expire: seconds a ``cache_by`` entry lives after its last use.
+    :param prewarm: start the workers now, so the first job does not wait.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        cache: diskcache.Cache | str | os.PathLike[str] | None = None,
+        cache_by: Callable[[], Any] | list[Callable[[], Any]] | None = None,
+        expire: float | None = None,
+        prewarm: bool = True,
+    ) -> None:
+        self.handle = open_store(cache)
+        self.expire = expire
+        self._engine = Engine(
+            self.handle, max_workers, prewarm=prewarm, warm_modules=WARM_MODULES
+        )
+        self._job_by_key: dict[str, str] = {}
+        self._keys_lock = threading.Lock()
+        super().__init__(cache_by)
+
+    # ------------------------------------------------------------ cache_by
+    @property  # type: ignore[override]
+    def cache_by(self) -> list[Callable[[], Any]] | None:
+        return self._cache_by
+
+    @cache_by.setter
+    def cache_by(self, value: Callable[[], Any] | list[Callable[[], Any]] | None) -> None:
+        if value is not None and not isinstance(value, (list, tuple)):
+            value = [value]
+        if value is not None:
+            for item in value:
+                if not callable(item):
+                    raise TypeError(
+                        f"cache_by takes zero-argument functions, not {type(item).__name__}: "
+                        "wrap the value in a function, e.g. cache_by=[lambda: version]"
+                    )
+            value = list(value)
+        self._cache_by = value
+
+    # ------------------------------------------------------------ Dash's contract
+    def make_job_fn(self, fn: Callable[..., Any], progress: bool, key: str | None = None) -> DashJobFunction:
+        return DashJobFunction(fn, bool(progress))
+
+    def call_job_fn(self, key: str, job_fn: DashJobFunction, args: Any, context: Any) -> str:
+        label = _label(context)
+        if self.cache_by is not None and self._cached(key):
+            job_id = self._engine.add_finished(job_fn.name, label, key)
+        else:
+            try:
+                job_id = self._engine.submit(
+                    job_fn.fn,
+                    (args, dict(context) if context is not None else {}, job_fn.has_progress),
+                    name=job_fn.name,
+                    label=label,
+                    runner=run_dash_callback,
+                    result_key=key if self.cache_by is not None else None,
+                    expire=self.expire,
+                )
+            except NbbgError as exc:
+                # Show the error in the browser at the first poll, not as a 500.
+                job_id = self._engine.add_failed(job_fn.name, label, JobFailure(str(exc)))
+        with self._keys_lock:
+            self._job_by_key[key] = job_id
+            if len(self._job_by_key) > 4 * self._engine.history:
+                self._forget_stale_keys()
+        return job_id
+
+    def _cached(self, key: str) -> bool:
+        try:
+            return key in self.handle
+        except Exception:  # noqa: BLE001 - a broken store is a miss, the job reports the error
+            return False
+
+    def _forget_stale_keys(self) -> None:
+        for key, job_id in list(self._job_by_key.items()):
+            if self._engine.get(job_id) is None:
+                del self._job_by_key[key]
+
+    def _job_for(self, key: str | None) -> str | None:
+        if key is None:
+            return None
+        with self._keys_lock:
+            return self._job_by_key.get(key)
+
+    def job_running(self, job: Any) -> bool:
+        snapshot = self._engine.get(str(job)) if job is not None else None
+        return snapshot is not None and snapshot.state.active
+
+    def terminate_job(self, job: Any) -> None:
+        if job is not None:
+            self._engine.cancel(str(job))
+
+    def terminate_unhealthy_job(self, job: Any) -> bool:
+        return False  # crashed workers are detected and replaced as they happen
+
+    def get_progress(self, key: str) -> list[Any] | None:
+        job_id = self._job_for(key)
+        if job_id is None:
+            return None
+        found, value = self._engine.take_progress(job_id)
+        if not found:
+            return None
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        problem = _json_problem(value)
+        if problem is not None:
+            failure = JobFailure(str(_bad_progress(self._engine.get(job_id), problem)))
+            self._engine.fail(job_id, failure)
+            return None
+        return list(value)
+
+    def result_ready(self, key: str) -> bool:
+        job_id = self._job_for(key)
+        snapshot = self._engine.get(job_id) if job_id else None
+        if snapshot is not None:
+            return not snapshot.state.active
+        return self.cache_by is not None and self._cached(key)
+
+    def get_result(self, key: str, job: Any) -> Any:
+        snapshot = self._engine.get(str(job)) if job is not None else None
+        if snapshot is None:
+            return self._cached_result(key)
+        if snapshot.state is JobState.ERROR:
+            return _error_result(snapshot)
+        if snapshot.state is not JobState.DONE:
+            return self.UNDEFINED
+        try:
+            value = self._engine.result(snapshot.id)
+        except NbbgError as exc:
+            return _error_result(snapshot, str(exc))
+        if value is MISSING:
+            return self.UNDEFINED
+        problem = _json_problem(value)
+        if problem is not None:
+            message = (
+                f"`{snapshot.name}` returned a value that cannot be sent to the browser "
+                f"({problem}): return plain data (numbers, strings, lists, dicts, figures)"
+            )
+            self._engine.fail(snapshot.id, JobFailure(message))
+            return _error_result(snapshot, message)
+        if self.cache_by is not None and self.expire:
+            self.handle.touch(key, expire=self.expire)
+        return value
+
+    def _cached_result(self, key: str | None) -> Any:
+        if self.cache_by is None or key is None:
+            return self.UNDEFINED
+        try:
+            value = read_result(self.handle, key)
+        except NbbgError:
+            return self.UNDEFINED
+        return self.UNDEFINED if value is MISSING else value
+
+    def get_updated_props(self, key: str) -> dict[str, Any]:
+        job_id = self._job_for(key)
+        return self._engine.take_props(job_id) if job_id else {}
+
+    def get_or_create_signing_secret(self, generate: Callable[[], bytes]) -> Any:
+        # ``add`` only writes when the key is absent, so concurrent callers agree.
+        self.handle.add(self.SIGNING_SECRET_KEY, generate())
+        return self.handle.get(self.SIGNING_SECRET_KEY)
+
+    def clear_cache_entry(self, key: str) -> None:
+        self.handle.delete(key)
+
+    # ------------------------------------------------------------ jobs API
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def max_workers(self) -> int:
+        return self._engine.max_workers
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Run ``fn(*args, **kwargs)`` in a worker, outside Dash; return the job id."""
+        return self._engine.submit(fn, (args, kwargs))
+
+    def jobs(self) -> list[JobSnapshot]:
+        return self._engine.jobs()
+
+    def job(self, job_id: str) -> JobSnapshot | None:
+        return self._engine.get(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        return self._engine.cancel(job_id)
+
+    def cancel_all(self) -> int:
+        return self._engine.cancel_all()
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        return self._engine.wait(job_id, timeout)
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        return self._engine.subscribe(subscriber)
+
+    def workers(self) -> list[WorkerInfo]:
+        return self._engine.workers()
+
+    def resize(self, max_workers: int) -> None:
+        self._engine.resize(max_workers)
+
+    def restart(self) -> None:
+        self._engine.restart()
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+    def __repr__(self) -> str:
+        active = sum(1 for job in self._engine.jobs() if job.state.active)
+        return (
+            f"<LokyManager max_workers={self.max_workers} active_jobs={active} "
+            f"store={self.handle.directory!r}>"
+        )
+
+
+def _json_problem(value: Any) -> str | None:
+    from dash._utils import to_json
+
+    try:
+        to_json(value)
+    except Exception as exc:  # noqa: BLE001 - plotly's encoder raises several types
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _bad_progress(snapshot: JobSnapshot | None, problem: str) -> Exception:
+    from ._errors import BadProgressError
+
+    return BadProgressError(snapshot.name if snapshot else "callback", f"not JSON-serialisable: {problem}")
+
+
+def _error_result(snapshot: JobSnapshot, message: str | None = None) -> dict[str, Any]:
+    failure = snapshot.failure
+    return {
+        "background_callback_error": {
+            "msg": message or (failure.message if failure else "the job failed"),
+            "tb": (failure.traceback if failure and not message else "") or "",
+        }
+    }

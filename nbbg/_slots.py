@@ -1,0 +1,99 @@
+"""One slot = one single-worker loky executor that can be killed and replaced.
+
+loky cannot cancel a running task, and killing a worker of a shared pool
+fails every future of that pool. With one executor per slot, cancelling a job
+kills only its own worker; a fresh executor (prewarmed) takes the slot.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from loky import ProcessPoolExecutor
+
+from . import _worker
+
+
+class Slot:
+    def __init__(self, index: int, initargs: tuple[Any, ...], warm_modules: tuple[str, ...]) -> None:
+        self.index = index
+        self._initargs = initargs
+        self._warm_modules = warm_modules
+        self.generation = 0
+        self.job_id: str | None = None
+        self.retiring = False
+        self.needs_restart = False
+        self.shipped_tokens: OrderedDict[int, None] = OrderedDict()
+        self.executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        executor = ProcessPoolExecutor(
+            max_workers=1, initializer=_worker.initialize, initargs=self._initargs
+        )
+        executor.submit(_worker.warm_up, self._warm_modules)  # starts the process now
+        return executor
+
+    @property
+    def busy(self) -> bool:
+        return self.job_id is not None
+
+    def worker_pid(self) -> int | None:
+        # loky keeps its workers in ``_processes`` (pid -> process).
+        pids = list(getattr(self.executor, "_processes", {}))
+        return pids[0] if pids else None
+
+    def remember_shipped(self, token: int) -> bool:
+        """Record that the worker now holds ``token``; True if it already did.
+
+        Mirrors the worker's LRU cache (same size, same order of use), so the
+        kernel knows when it must send the function's payload again.
+        """
+        known = token in self.shipped_tokens
+        self.shipped_tokens[token] = None
+        self.shipped_tokens.move_to_end(token)
+        while len(self.shipped_tokens) > _worker.FUNCTION_CACHE_SIZE:
+            self.shipped_tokens.popitem(last=False)
+        return known
+
+    def replace_worker(self) -> int | None:
+        """Kill the worker (SIGKILL) and start a fresh one; return the old pid."""
+        old_executor, old_pid = self.executor, self.worker_pid()
+        if old_pid is not None:
+            try:
+                os.kill(old_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.generation += 1
+        self.job_id = None
+        self.needs_restart = False
+        self.shipped_tokens.clear()
+        self.executor = self._new_executor()
+        _shutdown_in_background(old_executor)
+        return old_pid
+
+    def close(self) -> int | None:
+        """Kill the worker for good; return its pid."""
+        pid = self.worker_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.generation += 1
+        self.job_id = None
+        _shutdown_in_background(self.executor)
+        return pid
+
+
+def _shutdown_in_background(executor: ProcessPoolExecutor) -> None:
+    # loky's shutdown joins its manager thread; never make the caller wait.
+    threading.Thread(
+        target=executor.shutdown,
+        kwargs={"wait": True, "kill_workers": True},
+        name="nbbg-retire-worker",
+        daemon=True,
+    ).start()
