@@ -34,7 +34,14 @@ class Slot:
         executor = ProcessPoolExecutor(
             max_workers=1, initializer=_worker.initialize, initargs=self._initargs
         )
-        executor.submit(_worker.warm_up, self._warm_modules)  # starts the process now
+        # The first submit spawns the worker (fork + exec) from this thread.
+        # Spawn it with SIGINT blocked, so an "interrupt kernel" that reaches
+        # the process group before the initializer ignores SIGINT cannot kill it.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            executor.submit(_worker.warm_up, self._warm_modules)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return executor
 
     @property

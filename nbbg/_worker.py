@@ -76,6 +76,8 @@ def _watch_owner(owner_pid: int) -> None:
 def initialize(owner_pid: int, channel_address: str, authkey: bytes) -> None:
     global _state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The kernel spawned us with SIGINT blocked; a pending one is now dropped.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(
         target=_watch_owner, args=(owner_pid,), name="nbbg-watchdog", daemon=True
     ).start()
