@@ -21,8 +21,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
-from typing import Any, Callable
+from typing import Any
 
 LOGGER = logging.getLogger("nbbg")
 
@@ -72,7 +73,7 @@ class ProgressListener:
                 message = conn.recv()
                 try:
                     self._on_message(message)
-                except Exception:  # noqa: BLE001 - never let a bad message stop the reader
+                except Exception:
                     LOGGER.exception("nbbg: error while handling a progress message")
         except (EOFError, OSError):
             pass  # the worker exited
@@ -104,7 +105,7 @@ class JobReporter:
     tuple, so the flush thread can tell new from already-sent by identity).
     """
 
-    __slots__ = ("job_id", "_latest", "_sent", "_props", "_props_lock", "messages_sent")
+    __slots__ = ("_latest", "_props", "_props_lock", "_sent", "job_id", "messages_sent")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id

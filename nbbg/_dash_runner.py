@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable
 from contextvars import copy_context
-from typing import Any, Callable
+from typing import Any
 
 from ._channel import JobReporter
 

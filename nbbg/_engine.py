@@ -25,9 +25,10 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import diskcache
@@ -96,7 +97,7 @@ class Engine:
         if prewarm:
             self._start_slots()
         self_ref = weakref.ref(self)
-        atexit.register(lambda: (engine := self_ref()) is not None and engine.shutdown())
+        atexit.register(_shutdown_if_alive, self_ref)
 
     # ---------------------------------------------------------------- slots
     def _start_slots(self) -> None:
@@ -167,12 +168,12 @@ class Engine:
         Raises ``UnpicklableCallbackError`` / ``UnpicklableArgumentsError`` at
         once when ``fn`` or ``call`` cannot be sent to a worker.
         """
-        name = name or getattr(fn, "__name__", type(fn).__name__)
+        name = name or str(getattr(fn, "__name__", type(fn).__name__))
         self._ensure_open()
         shipped = self._functions.ship(fn, name)
         try:
             args_payload = cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise UnpicklableArgumentsError(name, exc) from exc
         job_id = uuid.uuid4().hex
         job = Job(job_id, name, label, result_key or f"nbbg-result-{job_id}")
@@ -208,13 +209,28 @@ class Engine:
         return self._add_ended(name, label, "", JobState.ERROR, failure, cache_hit=False)
 
     def _add_ended(
-        self, name: str, label: str, result_key: str, state: JobState,
-        failure: JobFailure | None, *, cache_hit: bool,
+        self,
+        name: str,
+        label: str,
+        result_key: str,
+        state: JobState,
+        failure: JobFailure | None,
+        *,
+        cache_hit: bool,
     ) -> str:
         job_id = uuid.uuid4().hex
         now = time.time()
-        job = Job(job_id, name, label, result_key, state=state, started_at=now,
-                  finished_at=now, failure=failure, cache_hit=cache_hit)
+        job = Job(
+            job_id,
+            name,
+            label,
+            result_key,
+            state=state,
+            started_at=now,
+            finished_at=now,
+            failure=failure,
+            cache_hit=cache_hit,
+        )
         with self._lock:
             self._jobs[job_id] = job
             event = JobEvent("state", self._snapshot(job))
@@ -288,7 +304,9 @@ class Engine:
             while job.state.active:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"job {job_id} ({job.name}) still {job.state.value} after {timeout} s")
+                    raise TimeoutError(
+                        f"job {job_id} ({job.name}) still {job.state.value} after {timeout} s"
+                    )
                 self._changed.wait(remaining)
             state, failure = job.state, job.failure
         if state is JobState.CANCELLED:
@@ -298,7 +316,9 @@ class Engine:
             raise JobFailedError(job_id, failure.message, failure.traceback)
         value = self.result(job_id)
         if value is MISSING:
-            raise JobFailedError(job_id, "the result is no longer in the store (expired or evicted)")
+            raise JobFailedError(
+                job_id, "the result is no longer in the store (expired or evicted)"
+            )
         return value
 
     def take_progress(self, job_id: str) -> tuple[bool, Any]:
@@ -407,8 +427,13 @@ class Engine:
         )
 
     def _on_worker_done(
-        self, slot: Slot, generation: int, job: Job, spec: _worker.JobSpec,
-        payload: bytes, future: Future[Any],
+        self,
+        slot: Slot,
+        generation: int,
+        job: Job,
+        spec: _worker.JobSpec,
+        payload: bytes,
+        future: Future[Any],
     ) -> None:
         with self._lock:
             if slot.generation != generation or slot.job_id != job.id:
@@ -515,8 +540,14 @@ class Engine:
             for subscriber in subscribers:
                 try:
                     subscriber(event)
-                except Exception:  # noqa: BLE001 - a subscriber must not break the engine
+                except Exception:
                     LOGGER.exception("nbbg: job event subscriber failed")
+
+
+def _shutdown_if_alive(engine_ref: weakref.ref[Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.shutdown()
 
 
 def _replace_payload(spec: _worker.JobSpec, payload: bytes) -> _worker.JobSpec:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import diskcache
 from dash.background_callback.managers import BaseBackgroundCallbackManager
@@ -78,9 +79,7 @@ class LokyManager(BaseBackgroundCallbackManager):
     ) -> None:
         self.handle = open_store(cache)
         self.expire = expire
-        self._engine = Engine(
-            self.handle, max_workers, prewarm=prewarm, warm_modules=WARM_MODULES
-        )
+        self._engine = Engine(self.handle, max_workers, prewarm=prewarm, warm_modules=WARM_MODULES)
         self._job_by_key: dict[str, str] = {}
         self._keys_lock = threading.Lock()
         super().__init__(cache_by)
@@ -105,7 +104,9 @@ class LokyManager(BaseBackgroundCallbackManager):
         self._cache_by = value
 
     # ------------------------------------------------------------ Dash's contract
-    def make_job_fn(self, fn: Callable[..., Any], progress: bool, key: str | None = None) -> DashJobFunction:
+    def make_job_fn(
+        self, fn: Callable[..., Any], progress: bool, key: str | None = None
+    ) -> DashJobFunction:
         return DashJobFunction(fn, bool(progress))
 
     def call_job_fn(self, key: str, job_fn: DashJobFunction, args: Any, context: Any) -> str:
@@ -294,7 +295,9 @@ def _json_problem(value: Any) -> str | None:
 def _bad_progress(snapshot: JobSnapshot | None, problem: str) -> Exception:
     from ._errors import BadProgressError
 
-    return BadProgressError(snapshot.name if snapshot else "callback", f"not JSON-serialisable: {problem}")
+    return BadProgressError(
+        snapshot.name if snapshot else "callback", f"not JSON-serialisable: {problem}"
+    )
 
 
 def _error_result(snapshot: JobSnapshot, message: str | None = None) -> dict[str, Any]:

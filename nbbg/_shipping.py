@@ -20,8 +20,9 @@ import pickle
 import threading
 import types
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 
@@ -55,13 +56,13 @@ def _referenced_values(fn: types.FunctionType) -> list[tuple[str, Any]]:
         if name in fn_globals:
             values.append((f"global `{name}`", fn_globals[name]))
     if fn.__closure__:
-        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__, strict=True):
             try:
                 values.append((f"closure variable `{name}`", cell.cell_contents))
             except ValueError:  # empty cell
                 continue
-    for name, value in (fn.__defaults__ and enumerate(fn.__defaults__)) or ():
-        values.append((f"default argument #{name}", value))
+    for position, value in enumerate(fn.__defaults__ or ()):
+        values.append((f"default argument #{position}", value))
     return values
 
 
@@ -107,7 +108,7 @@ def dumps_callable(fn: Callable[..., Any], name: str) -> bytes:
     """Pickle ``fn`` for a worker, or raise an error that names the culprit."""
     try:
         return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # noqa: BLE001 - pickling raises many types
+    except Exception as exc:
         raise UnpicklableCallbackError(name, _find_unpicklable(fn), exc) from exc
 
 

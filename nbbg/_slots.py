@@ -19,7 +19,9 @@ from . import _worker
 
 
 class Slot:
-    def __init__(self, index: int, initargs: tuple[Any, ...], warm_modules: tuple[str, ...]) -> None:
+    def __init__(
+        self, index: int, initargs: tuple[Any, ...], warm_modules: tuple[str, ...]
+    ) -> None:
         self.index = index
         self._initargs = initargs
         self._warm_modules = warm_modules

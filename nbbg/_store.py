@@ -56,7 +56,7 @@ def open_store(cache: diskcache.Cache | str | os.PathLike[str] | None) -> diskca
         )
     try:
         return diskcache.Cache(str(directory), size_limit=DEFAULT_SIZE_LIMIT)
-    except Exception as exc:  # noqa: BLE001 - sqlite and OS errors
+    except Exception as exc:
         raise StoreError(str(directory), exc) from exc
 
 
@@ -67,7 +67,7 @@ def read_result(store: diskcache.Cache, key: str) -> Any:
     """The unpickled value stored under ``key``, or ``MISSING``."""
     try:
         data = store.get(key, MISSING)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise StoreError(store.directory, exc) from exc
     if data is MISSING:
         return MISSING

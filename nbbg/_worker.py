@@ -19,8 +19,9 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import cloudpickle
 
@@ -145,7 +146,9 @@ def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure |
         return JobFailure(str(error), _format_traceback(exc))
     try:
         # Store the pickled bytes so that diskcache never needs to pickle.
-        _store(state, spec.store_directory).set(spec.result_key, data, expire=spec.expire, tag="nbbg")
+        _store(state, spec.store_directory).set(
+            spec.result_key, data, expire=spec.expire, tag="nbbg"
+        )
     except Exception as exc:  # noqa: BLE001 - disk full, deleted directory, ...
         return JobFailure(str(StoreError(spec.store_directory, exc)), _format_traceback(exc))
     return None

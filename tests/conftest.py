@@ -69,7 +69,7 @@ def worker_pids(mgr: nbbg.LokyManager) -> set[int]:
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    """Poll ``condition`` until truthy; fail naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()

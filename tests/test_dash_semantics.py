@@ -24,15 +24,21 @@ def test_refire_replaces_old_job(dash_duo, manager: nbbg.LokyManager) -> None:
     app = Dash(__name__, background_callback_manager=manager)
     app.layout = html.Div([html.Button("go", id="go"), html.Div("idle", id="out")])
 
-    @app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
-                  prevent_initial_call=True)
+    @app.callback(
+        Output("out", "children"),
+        Input("go", "n_clicks"),
+        background=True,
+        prevent_initial_call=True,
+    )
     def slow(n):
         time.sleep(3 if n == 1 else 0.3)
         return f"run {n}"
 
     dash_duo.start_server(app)
     dash_duo.find_element("#go").click()
-    wait_until(lambda: any(j.state is nbbg.JobState.RUNNING for j in manager.jobs()), what="first job")
+    wait_until(
+        lambda: any(j.state is nbbg.JobState.RUNNING for j in manager.jobs()), what="first job"
+    )
     dash_duo.find_element("#go").click()
     dash_duo.wait_for_text_to_equal("#out", "run 2", timeout=15)
     states = sorted(j.state.value for j in manager.jobs())
@@ -42,12 +48,22 @@ def test_refire_replaces_old_job(dash_duo, manager: nbbg.LokyManager) -> None:
 def test_set_props_between_two_polls_all_arrive(dash_duo, manager: nbbg.LokyManager) -> None:
     app = Dash(__name__, background_callback_manager=manager)
     app.layout = html.Div(
-        [html.Button("go", id="go"), html.Div(id="a"), html.Div(id="b"), html.Div(id="c"),
-         html.Div(id="out")]
+        [
+            html.Button("go", id="go"),
+            html.Div(id="a"),
+            html.Div(id="b"),
+            html.Div(id="c"),
+            html.Div(id="out"),
+        ]
     )
 
-    @app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
-                  interval=1500, prevent_initial_call=True)
+    @app.callback(
+        Output("out", "children"),
+        Input("go", "n_clicks"),
+        background=True,
+        interval=1500,
+        prevent_initial_call=True,
+    )
     def three_updates(n):
         set_props("a", {"children": "A"})
         set_props("b", {"children": "B"})
@@ -72,8 +88,9 @@ def test_cache_by_answers_from_store_then_expires(dash_duo, tmp_path: Path) -> N
         app.layout = html.Div([dcc.Input(id="word", value="a"), html.Div(id="out")])
         runs_dir = runs.directory
 
-        @app.callback(Output("out", "children"), Input("word", "value"), background=True,
-                      interval=100)
+        @app.callback(
+            Output("out", "children"), Input("word", "value"), background=True, interval=100
+        )
         def shout(word):
             import diskcache as dc
 
@@ -122,24 +139,45 @@ def test_cache_entries_survive_a_new_manager_on_the_same_directory(tmp_path: Pat
 def test_errors_prevent_update_and_no_update(dash_duo, manager: nbbg.LokyManager) -> None:
     app = Dash(__name__, background_callback_manager=manager)
     app.layout = html.Div(
-        [html.Button("boom", id="boom"), html.Button("prevent", id="prevent"),
-         html.Button("noup", id="noup"), html.Div("untouched", id="out"),
-         html.Div("keep", id="out2"), html.Div(id="err")]
+        [
+            html.Button("boom", id="boom"),
+            html.Button("prevent", id="prevent"),
+            html.Button("noup", id="noup"),
+            html.Div("untouched", id="out"),
+            html.Div("keep", id="out2"),
+            html.Div(id="err"),
+        ]
     )
 
-    @app.callback(Output("out", "children"), Input("boom", "n_clicks"), background=True,
-                  prevent_initial_call=True, on_error=_show_errors_in("err"), interval=100)
+    @app.callback(
+        Output("out", "children"),
+        Input("boom", "n_clicks"),
+        background=True,
+        prevent_initial_call=True,
+        on_error=_show_errors_in("err"),
+        interval=100,
+    )
     def boom(n):
         raise ValueError(f"bad input {n}")
 
-    @app.callback(Output("out", "children", allow_duplicate=True), Input("prevent", "n_clicks"),
-                  background=True, prevent_initial_call=True, interval=100)
+    @app.callback(
+        Output("out", "children", allow_duplicate=True),
+        Input("prevent", "n_clicks"),
+        background=True,
+        prevent_initial_call=True,
+        interval=100,
+    )
     def prevent(n):
         raise PreventUpdate
 
-    @app.callback(Output("out", "children", allow_duplicate=True), Output("out2", "children"),
-                  Input("noup", "n_clicks"), background=True, prevent_initial_call=True,
-                  interval=100)
+    @app.callback(
+        Output("out", "children", allow_duplicate=True),
+        Output("out2", "children"),
+        Input("noup", "n_clicks"),
+        background=True,
+        prevent_initial_call=True,
+        interval=100,
+    )
     def partial(n):
         return no_update, "changed"
 
@@ -161,13 +199,20 @@ def test_unpicklable_global_shows_clear_error(dash_duo, manager: nbbg.LokyManage
     app.layout = html.Div([html.Button("go", id="go"), html.Div(id="out"), html.Div(id="err")])
     namespace = {"__name__": "__main__", "threading": threading}
     exec("LOCK = threading.Lock()\ndef locked(n):\n    return str(LOCK.locked())\n", namespace)
-    app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
-                 prevent_initial_call=True, on_error=_show_errors_in("err"),
-                 interval=100)(namespace["locked"])
+    app.callback(
+        Output("out", "children"),
+        Input("go", "n_clicks"),
+        background=True,
+        prevent_initial_call=True,
+        on_error=_show_errors_in("err"),
+        interval=100,
+    )(namespace["locked"])
 
     dash_duo.start_server(app)
     dash_duo.find_element("#go").click()
-    dash_duo.wait_for_contains_text("#err", "uses global `LOCK`, which cannot be pickled", timeout=15)
+    dash_duo.wait_for_contains_text(
+        "#err", "uses global `LOCK`, which cannot be pickled", timeout=15
+    )
     assert "pass what it needs as an argument" in dash_duo.find_element("#err").text
     assert [j.state for j in manager.jobs()] == [nbbg.JobState.ERROR]
 
@@ -178,26 +223,39 @@ def test_pattern_matching_triggered_id_and_state_order(dash_duo, manager: nbbg.L
         [
             *[html.Button(f"b{i}", id={"type": "btn", "index": i}) for i in range(3)],
             *[html.Div(id={"type": "out", "index": i}) for i in range(3)],
-            dcc.Input(id="first", value="x"), dcc.Input(id="second", value="y"),
+            dcc.Input(id="first", value="x"),
+            dcc.Input(id="second", value="y"),
             html.Div(id="all"),
         ]
     )
 
-    @app.callback(Output({"type": "out", "index": MATCH}, "children"),
-                  Input({"type": "btn", "index": MATCH}, "n_clicks"),
-                  State("first", "value"), State("second", "value"),
-                  background=True, prevent_initial_call=True, interval=100)
+    @app.callback(
+        Output({"type": "out", "index": MATCH}, "children"),
+        Input({"type": "btn", "index": MATCH}, "n_clicks"),
+        State("first", "value"),
+        State("second", "value"),
+        background=True,
+        prevent_initial_call=True,
+        interval=100,
+    )
     def match(n, first, second):
         return f"{ctx.triggered_id['index']}:{n}:{first}{second}"
 
-    @app.callback(Output("all", "children"), Input({"type": "btn", "index": ALL}, "n_clicks"),
-                  background=True, prevent_initial_call=True, interval=100)
+    @app.callback(
+        Output("all", "children"),
+        Input({"type": "btn", "index": ALL}, "n_clicks"),
+        background=True,
+        prevent_initial_call=True,
+        interval=100,
+    )
     def total(clicks):
         return f"total {sum(c or 0 for c in clicks)}"
 
     dash_duo.start_server(app)
-    dash_duo.find_element("#\\{\\\"index\\\"\\:2\\,\\\"type\\\"\\:\\\"btn\\\"\\}").click()
-    dash_duo.wait_for_text_to_equal("#\\{\\\"index\\\"\\:2\\,\\\"type\\\"\\:\\\"out\\\"\\}", "2:1:xy", timeout=15)
+    dash_duo.find_element('#\\{\\"index\\"\\:2\\,\\"type\\"\\:\\"btn\\"\\}').click()
+    dash_duo.wait_for_text_to_equal(
+        '#\\{\\"index\\"\\:2\\,\\"type\\"\\:\\"out\\"\\}', "2:1:xy", timeout=15
+    )
     dash_duo.wait_for_text_to_equal("#all", "total 1", timeout=15)
 
 
@@ -205,8 +263,13 @@ def test_async_background_callback(dash_duo, manager: nbbg.LokyManager) -> None:
     app = Dash(__name__, background_callback_manager=manager)
     app.layout = html.Div([html.Button("go", id="go"), html.Div(id="out")])
 
-    @app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
-                  prevent_initial_call=True, interval=100)
+    @app.callback(
+        Output("out", "children"),
+        Input("go", "n_clicks"),
+        background=True,
+        prevent_initial_call=True,
+        interval=100,
+    )
     async def fetch(n):
         import asyncio
 
@@ -222,13 +285,21 @@ def test_multi_page_app(dash_duo, manager: nbbg.LokyManager) -> None:
     import dash
 
     app = Dash(__name__, background_callback_manager=manager, use_pages=True, pages_folder="")
-    dash.register_page("home", path="/", layout=html.Div(dcc.Link("to work", href="/work", id="link")))
-    dash.register_page("work", path="/work",
-                       layout=html.Div([html.Button("go", id="go"), html.Div(id="out")]))
+    dash.register_page(
+        "home", path="/", layout=html.Div(dcc.Link("to work", href="/work", id="link"))
+    )
+    dash.register_page(
+        "work", path="/work", layout=html.Div([html.Button("go", id="go"), html.Div(id="out")])
+    )
     app.layout = html.Div([dash.page_container])
 
-    @dash.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
-                   prevent_initial_call=True, interval=100)
+    @dash.callback(
+        Output("out", "children"),
+        Input("go", "n_clicks"),
+        background=True,
+        prevent_initial_call=True,
+        interval=100,
+    )
     def work(n):
         return f"worked {n}"
 

@@ -20,8 +20,10 @@ def sleep_then_return(seconds: float, value):
 
 def test_queue_runs_jobs_in_submit_order_with_two_workers(manager: nbbg.LokyManager) -> None:
     ids = [manager.submit(sleep_then_return, 1.0, k) for k in range(4)]
-    wait_until(lambda: sum(manager.job(i).state is nbbg.JobState.RUNNING for i in ids) == 2,
-               what="two running jobs")
+    wait_until(
+        lambda: sum(manager.job(i).state is nbbg.JobState.RUNNING for i in ids) == 2,
+        what="two running jobs",
+    )
     snapshots = [manager.job(i) for i in ids]
     assert [s.state for s in snapshots] == [nbbg.JobState.RUNNING] * 2 + [nbbg.JobState.QUEUED] * 2
     assert [s.queue_position for s in snapshots[2:]] == [1, 2]
@@ -42,7 +44,9 @@ def test_cancel_one_running_job_leaves_the_other_and_its_worker(manager: nbbg.Lo
     assert doomed_pid and survivor_pid and doomed_pid != survivor_pid
     t0 = time.perf_counter()
     assert manager.cancel(doomed) is True
-    wait_until(lambda: pid_gone(doomed_pid), timeout=2, interval=0.001, what="the cancelled worker to stop")
+    wait_until(
+        lambda: pid_gone(doomed_pid), timeout=2, interval=0.001, what="the cancelled worker to stop"
+    )
     cancel_ms = (time.perf_counter() - t0) * 1000
     assert manager.job(doomed).state is nbbg.JobState.CANCELLED
     with pytest.raises(nbbg.JobCancelledError):
@@ -56,8 +60,10 @@ def test_cancel_one_running_job_leaves_the_other_and_its_worker(manager: nbbg.Lo
 def test_cancel_queued_job_is_dropped_without_touching_workers(manager: nbbg.LokyManager) -> None:
     running = [manager.submit(sleep_then_return, 1.0, k) for k in range(2)]
     queued = manager.submit(sleep_then_return, 0, "never")
-    wait_until(lambda: all(manager.job(i).state is nbbg.JobState.RUNNING for i in running),
-               what="two running jobs")
+    wait_until(
+        lambda: all(manager.job(i).state is nbbg.JobState.RUNNING for i in running),
+        what="two running jobs",
+    )
     pids_before = worker_pids(manager)
     assert manager.cancel(queued) is True
     assert manager.job(queued).state is nbbg.JobState.CANCELLED
@@ -90,7 +96,9 @@ def test_worker_killed_mid_job_reports_error_and_next_job_runs(manager: nbbg.Lok
     victim = manager.submit(sleep_then_return, 30, "victim")
     wait_until(lambda: manager.job(victim).state is nbbg.JobState.RUNNING, what="victim running")
     os.kill(manager.job(victim).worker_pid, signal.SIGKILL)
-    with pytest.raises(nbbg.JobFailedError, match="worker process running `sleep_then_return` died"):
+    with pytest.raises(
+        nbbg.JobFailedError, match="worker process running `sleep_then_return` died"
+    ):
         manager.wait(victim, timeout=10)
     after = manager.submit(sleep_then_return, 0, "after")
     assert manager.wait(after, timeout=20)[0] == "after"
@@ -128,7 +136,10 @@ def test_big_global_is_shipped_once_per_worker() -> None:
     manager = nbbg.LokyManager(max_workers=1)
     try:
         namespace = {"__name__": "__main__"}
-        exec("import os\nBIG = os.urandom(100 * 2**20)\ndef size():\n    return len(BIG)\n", namespace)
+        exec(
+            "import os\nBIG = os.urandom(100 * 2**20)\ndef size():\n    return len(BIG)\n",
+            namespace,
+        )
         fn = namespace["size"]
         t0 = time.perf_counter()
         assert manager.wait(manager.submit(fn), timeout=60) == 100 * 2**20
@@ -138,8 +149,13 @@ def test_big_global_is_shipped_once_per_worker() -> None:
             t0 = time.perf_counter()
             manager.wait(manager.submit(fn), timeout=60)
             later.append(time.perf_counter() - t0)
-        print(f"100 MB global: first call {first * 1000:.0f} ms, later median {sorted(later)[2] * 1000:.1f} ms")
-        assert sorted(later)[2] < first / 5, "later calls must not pay for pickling the global again"
+        print(
+            f"100 MB global: first call {first * 1000:.0f} ms, "
+            f"later median {sorted(later)[2] * 1000:.1f} ms"
+        )
+        assert sorted(later)[2] < first / 5, (
+            "later calls must not pay for pickling the global again"
+        )
     finally:
         manager.shutdown()
 
@@ -149,9 +165,14 @@ def test_unpicklable_global_error_names_it(manager: nbbg.LokyManager) -> None:
 
     namespace = {"__name__": "__main__", "threading": threading}
     exec("LOCK = threading.Lock()\ndef uses_lock():\n    return LOCK.locked()\n", namespace)
-    with pytest.raises(nbbg.UnpicklableCallbackError, match="uses global `LOCK`, which cannot be pickled"):
+    with pytest.raises(
+        nbbg.UnpicklableCallbackError, match="uses global `LOCK`, which cannot be pickled"
+    ):
         manager.submit(namespace["uses_lock"])
-    assert manager.wait(manager.submit(sleep_then_return, 0, "still serving"), timeout=10)[0] == "still serving"
+    assert (
+        manager.wait(manager.submit(sleep_then_return, 0, "still serving"), timeout=10)[0]
+        == "still serving"
+    )
 
 
 def test_exception_in_job_is_reported_with_traceback(manager: nbbg.LokyManager) -> None:
@@ -178,14 +199,17 @@ def test_events_report_state_changes_and_progress(manager: nbbg.LokyManager) -> 
     states = [e.job.state for e in events if e.job.id == job_id and e.kind == "state"]
     assert states[0] is nbbg.JobState.QUEUED
     assert nbbg.JobState.RUNNING in states
-    wait_until(lambda: [e.job.state for e in events if e.job.id == job_id][-1] is nbbg.JobState.DONE,
-               what="a done event")
+    wait_until(
+        lambda: [e.job.state for e in events if e.job.id == job_id][-1] is nbbg.JobState.DONE,
+        what="a done event",
+    )
 
 
 def test_shutdown_stops_workers_and_is_idempotent(store_dir) -> None:
     manager = nbbg.LokyManager(max_workers=2, cache=str(store_dir))
-    pids = wait_until(lambda: worker_pids(manager) if len(worker_pids(manager)) == 2 else None,
-                      what="two workers")
+    pids = wait_until(
+        lambda: worker_pids(manager) if len(worker_pids(manager)) == 2 else None, what="two workers"
+    )
     running = manager.submit(sleep_then_return, 30, "x")
     manager.shutdown()
     manager.shutdown()
@@ -217,7 +241,7 @@ def test_default_store_is_private(tmp_path, monkeypatch) -> None:
 def test_bad_constructor_arguments_get_clear_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="max_workers must be a whole number"):
         nbbg.LokyManager(max_workers=0, cache=str(tmp_path))
-    with pytest.raises(TypeError, match="diskcache.Cache or a directory path"):
+    with pytest.raises(TypeError, match=r"diskcache\.Cache or a directory path"):
         nbbg.LokyManager(cache=42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="zero-argument functions"):
         nbbg.LokyManager(cache=str(tmp_path), cache_by=[42], prewarm=False)  # type: ignore[list-item]
@@ -245,7 +269,9 @@ def test_owner_death_leaves_no_workers(tmp_path) -> None:
         owner.kill()
         owner.wait(5)
         t0 = time.monotonic()
-        wait_until(lambda: all(pid_gone(p) for p in pids), timeout=2.0, what="orphaned workers to exit")
+        wait_until(
+            lambda: all(pid_gone(p) for p in pids), timeout=2.0, what="orphaned workers to exit"
+        )
         print(f"workers gone {time.monotonic() - t0:.2f} s after the owner died")
     finally:
         if owner.poll() is None:

@@ -139,7 +139,10 @@ def test_example4_progress_bar_moves_and_ends(dash_duo, manager: nbbg.LokyManage
     dash_duo.find_element("#button_id").click()
     seen = set()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and "Clicked 1 times" not in dash_duo.find_element("#paragraph_id").text:
+    while (
+        time.monotonic() < deadline
+        and "Clicked 1 times" not in dash_duo.find_element("#paragraph_id").text
+    ):
         bar = dash_duo.find_element("#progress_bar")
         if bar.get_attribute("max") == "5":
             seen.add(bar.get_attribute("value"))
@@ -175,7 +178,11 @@ def test_example5_progress_figure_and_default(dash_duo, manager: nbbg.LokyManage
             (Output("button_id", "disabled"), True, False),
             (Output("cancel_button_id", "disabled"), False, True),
             (Output("paragraph_id", "style"), {"visibility": "hidden"}, {"visibility": "visible"}),
-            (Output("progress_bar_graph", "style"), {"visibility": "visible"}, {"visibility": "hidden"}),
+            (
+                Output("progress_bar_graph", "style"),
+                {"visibility": "visible"},
+                {"visibility": "hidden"},
+            ),
         ],
         cancel=[Input("cancel_button_id", "n_clicks")],
         progress=Output("progress_bar_graph", "figure"),
@@ -200,7 +207,10 @@ def test_example5_progress_figure_and_default(dash_duo, manager: nbbg.LokyManage
     dash_duo.wait_for_element("#progress_bar_graph .js-plotly-plot", timeout=15)
     dash_duo.find_element("#button_id").click()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and "Clicked 1 times" not in dash_duo.find_element("#paragraph_id").text:
+    while (
+        time.monotonic() < deadline
+        and "Clicked 1 times" not in dash_duo.find_element("#paragraph_id").text
+    ):
         value = bar_x()
         if value is not None and (not bar_widths or bar_widths[-1] != value):
             bar_widths.append(value)
