@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._engine import Engine, WorkerInfo
 from ._errors import (
     BadProgressError,
     JobCancelledError,
     JobFailedError,
     NbbgError,
+    PortInUseError,
     ShutdownError,
     StoreError,
     UnknownJobError,
@@ -18,6 +21,11 @@ from ._errors import (
 )
 from ._jobs import JobEvent, JobFailure, JobSnapshot, JobState
 from ._manager import LokyManager
+
+if TYPE_CHECKING:
+    from ._extension import load_ipython_extension, unload_ipython_extension
+    from ._legacy import JupyterDash
+    from ._panel import JobsPanel, panel
 
 __version__ = "0.1.0"
 
@@ -30,8 +38,11 @@ __all__ = [
     "JobFailure",
     "JobSnapshot",
     "JobState",
+    "JobsPanel",
+    "JupyterDash",
     "LokyManager",
     "NbbgError",
+    "PortInUseError",
     "ShutdownError",
     "StoreError",
     "UnknownJobError",
@@ -41,4 +52,26 @@ __all__ = [
     "WorkerDiedError",
     "WorkerInfo",
     "__version__",
+    "load_ipython_extension",
+    "panel",
+    "unload_ipython_extension",
 ]
+
+# The notebook layer imports ipywidgets and IPython: load it on first use, so
+# that worker processes (which import nbbg) never do.
+_NOTEBOOK_NAMES = {
+    "JobsPanel": "._panel",
+    "panel": "._panel",
+    "JupyterDash": "._legacy",
+    "load_ipython_extension": "._extension",
+    "unload_ipython_extension": "._extension",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _NOTEBOOK_NAMES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'nbbg' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(module_name, __name__), name)

@@ -128,3 +128,21 @@ class UnknownJobError(NbbgError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class PortInUseError(NbbgError, OSError):
+    """``app.run()`` in a notebook on a port another program (or kernel) holds."""
+
+    def __init__(self, host: str, port: int, free_port: int) -> None:
+        self.host, self.port, self.free_port = host, port, free_port
+        super().__init__(
+            f"port {port} on {host} is already in use (by another program or another "
+            f"kernel): run the app on a free port, e.g. app.run(port={free_port})"
+        )
+
+    def __str__(self) -> str:  # OSError would show its arguments
+        return str(self.args[0])
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: the message is all there is to know."""
+        return [f"{type(self).__name__}: {self}"]

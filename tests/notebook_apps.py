@@ -1,0 +1,93 @@
+"""The notebook cells the kernel tests run: Dash apps with background progress callbacks.
+
+``slow_job`` reports ``(i, STEPS)`` every 20 ms until the test creates its
+release file (so the test, not a timer, decides when it ends) and writes its
+process id first, so the test can watch that process. ``fast_job`` calls
+``set_progress`` about 200 times a second for three seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.kernel_helpers import CellResult, DashClient, KernelSession
+
+STEPS = 3000
+
+_APP = """
+import os, time, dash
+from dash import html, Input, Output
+{make_app}
+app.layout = html.Div([html.Button(id="go"), html.Div(id="out"),
+                       html.Progress(id="bar"), html.Button(id="stop")])
+
+@app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
+              progress=[Output("bar", "value"), Output("bar", "max")],
+              cancel=[Input("stop", "n_clicks")], prevent_initial_call=True)
+def {name}(set_progress, n):
+{body}
+app.run(port={port})
+"""
+
+_SLOW_BODY = """
+    with open(os.path.join({workdir!r}, f"{{n}}.pid"), "w") as pid_file:
+        pid_file.write(str(os.getpid()))
+    for i in range(1, {steps} + 1):
+        set_progress((i, {steps}))
+        if os.path.exists(os.path.join({workdir!r}, f"{{n}}.release")):
+            break
+        time.sleep(0.02)
+    return f"done {{n}}"
+"""
+
+_FAST_BODY = """
+    calls, start = 0, time.monotonic()
+    while time.monotonic() - start < 3.0:
+        calls += 1
+        set_progress((min(calls, 600), 600))
+        time.sleep(max(0.0, start + calls / 200 - time.monotonic()))
+    return f"{calls} {time.monotonic() - start:.3f}"
+"""
+
+NBBG_APP = "app = dash.Dash(__name__)"
+
+
+def diskcache_app(directory: Path) -> str:
+    return (
+        "import diskcache\n"
+        "from dash import DiskcacheManager\n"
+        f"own_manager = DiskcacheManager(diskcache.Cache({str(directory)!r}))\n"
+        "app = dash.Dash(__name__, background_callback_manager=own_manager)"
+    )
+
+
+def slow_app(port: int, workdir: Path, make_app: str = NBBG_APP) -> str:
+    body = _SLOW_BODY.format(workdir=str(workdir), steps=STEPS)
+    return _APP.format(make_app=make_app, name="slow_job", body=body, port=port)
+
+
+def fast_app(port: int) -> str:
+    return _APP.format(make_app=NBBG_APP, name="fast_job", body=_FAST_BODY, port=port)
+
+
+def run_app_cell(
+    session: KernelSession, code: str, port: int
+) -> tuple[CellResult, str, DashClient]:
+    """Run the app cell; return its result, the id of the panel shown under it, and a client."""
+    result = session.run(code)
+    open_panels = session.read(lambda: {m.comm_id for m in session.widgets.panels()})
+    panels = [i for i in result.widget_ids() if i in open_panels]
+    assert len(panels) == 1, f"expected one jobs panel under the app, got {result.outputs}"
+    return result, panels[0], DashClient(f"http://127.0.0.1:{port}/")
+
+
+def release(workdir: Path, n: int) -> None:
+    (workdir / f"{n}.release").write_text("go")
+
+
+def job_pid(workdir: Path, n: int) -> int | None:
+    path = workdir / f"{n}.pid"
+    try:
+        return int(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None

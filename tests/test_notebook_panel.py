@@ -1,0 +1,226 @@
+"""The jobs panel through a real kernel: what the front end sees, and its Cancel buttons.
+
+Each test runs ``%load_ext nbbg`` and an app in an ipykernel, triggers the
+background callback over HTTP as dash-renderer does, and reads the panel
+from the widget messages the kernel publishes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.kernel_helpers import (
+    DashClient,
+    KernelSession,
+    PanelRow,
+    free_port,
+    kernel,
+    pid_gone,
+    wait_until,
+)
+from tests.notebook_apps import (
+    STEPS,
+    diskcache_app,
+    fast_app,
+    job_pid,
+    release,
+    run_app_cell,
+    slow_app,
+)
+
+WAIT = 60.0
+
+
+@dataclass
+class Notebook:
+    session: KernelSession
+    client: DashClient
+    panel_id: str
+    workdir: Path
+
+    def rows(self) -> list[PanelRow]:
+        return self.session.read(lambda: self.session.widgets.rows(self.panel_id))
+
+    def row(self, n: int) -> PanelRow | None:
+        """The row of the job started by click ``n`` (its label names the input)."""
+        return next((r for r in self.rows() if r.title.endswith(f"go.n_clicks={n}")), None)
+
+    def wait_row(self, n: int, what: str, check) -> PanelRow:
+        def matching() -> PanelRow | None:
+            row = self.session.widgets.rows(self.panel_id)
+            found = next((r for r in row if r.title.endswith(f"go.n_clicks={n}")), None)
+            return found if found is not None and check(found) else None
+
+        return self.session.wait_for(matching, WAIT, f"job {n}: {what}")
+
+    def start(self, n: int, args: list[tuple[str, str]] = ()):
+        return self.client.start("out.children", [("go", "n_clicks", n)], args)
+
+    def wait_pid(self, n: int) -> int:
+        return wait_until(lambda: job_pid(self.workdir, n), WAIT, f"job {n} to start")
+
+
+AppCell = Callable[[int], str]
+"""The source of an app cell, given the port to serve on."""
+
+
+@pytest.fixture
+def open_notebook(tmp_path: Path) -> Iterator[Callable[[AppCell], Notebook]]:
+    """Start a kernel, ``%load_ext nbbg`` and run an app cell; stop the kernel afterwards."""
+    with ExitStack() as stack:
+
+        def open_(app_cell: AppCell) -> Notebook:
+            session = stack.enter_context(kernel(tmp_path))
+            session.run("%load_ext nbbg")
+            port = free_port()
+            _result, panel_id, client = run_app_cell(session, app_cell(port), port)
+            return Notebook(session, client, panel_id, tmp_path)
+
+        yield open_
+
+
+@pytest.fixture
+def notebook(open_notebook: Callable[[AppCell], Notebook], tmp_path: Path) -> Notebook:
+    return open_notebook(lambda port: slow_app(port, tmp_path))
+
+
+def test_row_appears_running_progress_rises_and_ends_done(notebook: Notebook) -> None:
+    call = notebook.start(1)
+    first = notebook.wait_row(1, "running with progress", lambda r: r.state == "running" and r.bar)
+    assert first.title == "slow_job · go.n_clicks=1"
+    assert first.cancel_id is not None and first.bar_style == ""
+    later = notebook.wait_row(
+        1, "progress rising", lambda r: r.bar is not None and r.bar[0] >= first.bar[0] + 10
+    )
+    assert later.bar[1] == STEPS
+
+    release(notebook.workdir, 1)
+    done = notebook.wait_row(1, "done", lambda r: r.state == "done" and r.cancel_id is None)
+    assert done.bar_style == "success" and done.state_color == "green"
+    status, data = notebook.client.poll_until_finished(call)
+    assert status == 200 and data["response"] == {"out": {"children": "done 1"}}
+
+
+def test_cancel_from_widget_stops_only_that_job(notebook: Notebook) -> None:
+    calls = {n: notebook.start(n) for n in (1, 2)}
+    pids = {n: notebook.wait_pid(n) for n in (1, 2)}
+    target = notebook.wait_row(1, "running with progress", lambda r: r.state == "running" and r.bar)
+
+    sent = notebook.session.click(target.cancel_id)
+    wait_until(lambda: pid_gone(pids[1]), WAIT, "the cancelled job's process to stop", 0.002)
+    print(f"widget Cancel click -> worker process gone: {time.monotonic() - sent:.3f} s")
+
+    cancelled = notebook.wait_row(
+        1, "cancelled", lambda r: r.state == "cancelled" and r.cancel_id is None
+    )
+    assert cancelled.bar_style == "warning" and cancelled.state_color == "darkorange"
+    assert notebook.client.poll(calls[1]) == (204, None), "the app's poll must end the job"
+
+    assert not pid_gone(pids[2]), "the other job must keep running"
+    assert notebook.row(2).state == "running"
+    release(notebook.workdir, 2)
+    _status, data = notebook.client.poll_until_finished(calls[2])
+    assert data["response"] == {"out": {"children": "done 2"}}
+    notebook.wait_row(2, "done", lambda r: r.state == "done")
+
+
+def test_cancel_from_app_shows_cancelled_in_panel(notebook: Notebook) -> None:
+    # The app's cancel= input: a hidden callback request carrying cancelJob.
+    call = notebook.start(1)
+    pid = notebook.wait_pid(1)
+    notebook.wait_row(1, "running", lambda r: r.state == "running")
+    status = notebook.client.fire("stop.id", [("stop", "n_clicks", 1)], [("cancelJob", call.job)])
+    assert status in (200, 204)
+    notebook.wait_row(1, "cancelled", lambda r: r.state == "cancelled")
+    wait_until(lambda: pid_gone(pid), WAIT, "the cancelled job's process to stop")
+    assert notebook.client.poll(call) == (204, None)
+
+    # Re-firing the callback while its job runs: the renderer sends oldJob.
+    old = notebook.start(2)
+    notebook.wait_row(2, "running", lambda r: r.state == "running")
+    new = notebook.start(3, [("oldJob", old.job)])
+    notebook.wait_row(2, "cancelled", lambda r: r.state == "cancelled")
+    notebook.wait_row(3, "running", lambda r: r.state == "running")
+    release(notebook.workdir, 3)
+    _status, data = notebook.client.poll_until_finished(new)
+    assert data["response"] == {"out": {"children": "done 3"}}
+
+
+def test_queued_jobs_show_their_place_and_cancel_all_stops_every_job(notebook: Notebook) -> None:
+    for n in (1, 2, 3, 4):
+        notebook.start(n)
+    notebook.wait_row(4, "queued second", lambda r: r.state == "queued #2")
+    notebook.wait_row(3, "queued first", lambda r: r.state == "queued #1")
+    rows = notebook.rows()
+    assert [r.title[-1] for r in rows] == ["4", "3", "2", "1"], "newest first"
+    assert all(r.cancel_id for r in rows), "queued and running jobs can be cancelled"
+
+    cancel_all = notebook.session.read(
+        lambda: notebook.session.widgets.cancel_all_id(notebook.panel_id)
+    )
+    notebook.session.click(cancel_all)
+    for n in (1, 2, 3, 4):
+        notebook.wait_row(n, "cancelled", lambda r: r.state == "cancelled")
+    notebook.session.wait_for(
+        lambda: notebook.session.widgets.heading(notebook.panel_id).endswith(": 4 finished"),
+        WAIT,
+        "the heading to count 4 finished jobs",
+    )
+
+
+def test_app_with_its_own_diskcache_manager_keeps_it_and_gets_a_panel(
+    open_notebook: Callable[[AppCell], Notebook], tmp_path: Path
+) -> None:
+    own_app = diskcache_app(tmp_path / "diskcache")
+    notebook = open_notebook(lambda port: slow_app(port, tmp_path, own_app))
+    kept = notebook.session.run("print(app._background_manager is own_manager)")
+    assert kept.stdout.strip() == "True"
+
+    call = notebook.start(1)
+    notebook.wait_row(1, "running with progress", lambda r: r.state == "running" and r.bar)
+    release(notebook.workdir, 1)
+    _status, data = notebook.client.poll_until_finished(call)
+    assert data["response"] == {"out": {"children": "done 1"}}
+    notebook.wait_row(1, "done", lambda r: r.state == "done")
+
+    other = notebook.start(2)
+    pid = notebook.wait_pid(2)
+    row = notebook.wait_row(2, "running", lambda r: r.state == "running")
+    notebook.session.click(row.cancel_id)
+    notebook.wait_row(2, "cancelled", lambda r: r.state == "cancelled")
+    wait_until(lambda: pid_gone(pid), WAIT, "the DiskcacheManager job's process to stop")
+    assert notebook.client.poll(other) == (204, None)
+
+
+def test_fast_progress_gives_about_ten_widget_updates_a_second(
+    open_notebook: Callable[[AppCell], Notebook],
+) -> None:
+    notebook = open_notebook(fast_app)
+    session = notebook.session
+    call = notebook.start(1)
+
+    def row_state(state: str):
+        def seen():
+            rows = session.widgets.rows(notebook.panel_id)
+            return (len(session.widgets.updates), rows) if rows and rows[0].state == state else None
+
+        return seen
+
+    first_update, _rows = session.wait_for(row_state("running"), WAIT, "the job to run")
+    last_update, _rows = session.wait_for(row_state("done"), WAIT, "the job to end")
+    _status, data = notebook.client.poll_until_finished(call)
+    calls, seconds = (float(x) for x in data["response"]["out"]["children"].split())
+
+    updates = session.read(lambda: session.widgets.updates[first_update:last_update])
+    window = updates[-1].sent_at - updates[0].sent_at
+    rate = len(updates) / window
+    print(f"{calls / seconds:.0f} set_progress/s -> {rate:.1f} widget updates/s")
+    assert calls >= 300, "the job must really report fast for this test to mean anything"
+    assert window >= 2.0
+    assert rate <= 13, f"{len(updates)} widget updates in {window:.2f} s"
