@@ -190,8 +190,10 @@ class JobsPanel(widgets.VBox):
             try:
                 self._render()
             except Exception as exc:  # noqa: BLE001 - shown in the panel, never printed
-                self._problem = f"panel update failed: {type(exc).__name__}: {exc}"
-                _update(self._footer, value=self._problem)
+                problem = f"panel update failed: {type(exc).__name__}: {exc}"
+                _update(self._footer, value=" · ".join(p for p in (problem, self._problem) if p))
+                if self._footer not in self.children:
+                    _update(self, children=(*self.children, self._footer))
 
     def _render(self) -> None:
         jobs = self._collect()
@@ -238,19 +240,26 @@ class JobsPanel(widgets.VBox):
 
     # ------------------------------------------------------------ cancel
     def _cancel(self, job_id: str) -> None:
+        """A row's Cancel button (runs on the kernel's main thread: keep it short)."""
         source = self._source_of.get(job_id)
+        if source is not None:
+            self._cancel_on(source, job_id)
+
+    def _cancel_every_job(self) -> None:
+        with self._lock:
+            sources = [source for source, _unsubscribe in self._sources.values()]
+        for source in sources:
+            for job in source.jobs():
+                if job.state.active:
+                    self._cancel_on(source, job.id)
+
+    def _cancel_on(self, source: JobSource, job_id: str) -> None:
         try:
-            if source is not None:
-                source.cancel(job_id)
+            source.cancel(job_id)
+            self._problem = ""
         except Exception as exc:  # noqa: BLE001 - shown in the panel, not as a traceback
             self._problem = f"cancel failed: {type(exc).__name__}: {exc}"
         self.mark_dirty()
-
-    def _cancel_every_job(self) -> None:
-        for job_id, source in list(self._source_of.items()):
-            job = next((j for j in source.jobs() if j.id == job_id), None)
-            if job is not None and job.state.active:
-                self._cancel(job_id)
 
     # ------------------------------------------------------------ text and life
     def text(self) -> str:

@@ -413,12 +413,23 @@ def usable(manager: Any) -> bool:
 def app_managers(app: Any) -> list[BaseBackgroundCallbackManager]:
     """The managers an app uses: its default and any given to one callback."""
     candidates = [getattr(app, "_background_manager", None)]
-    candidates += [entry.get("manager") for entry in getattr(app, "callback_map", {}).values()]
+    candidates += [entry.get("manager") for entry in _callback_entries(app)]
     found: dict[int, BaseBackgroundCallbackManager] = {}
     for candidate in candidates:
         if candidate is not None and usable(candidate):
             found.setdefault(id(candidate), candidate)
     return list(found.values())
+
+
+def _callback_entries(app: Any) -> list[dict[str, Any]]:
+    # Dash adds callbacks (e.g. the hidden cancel callbacks) on its first
+    # request, from a request thread, while the panel may be reading.
+    for _attempt in range(3):
+        try:
+            return list(getattr(app, "callback_map", {}).values())
+        except RuntimeError:  # dictionary changed size during iteration
+            continue
+    return []
 
 
 def kernel_managers() -> list[BaseBackgroundCallbackManager]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.kernel_helpers import CellResult, DashClient, KernelSession
+from tests.kernel_helpers import CellResult, DashClient, KernelSession, Update
 
 STEPS = 3000
 
@@ -91,3 +91,17 @@ def job_pid(workdir: Path, n: int) -> int | None:
         return int(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def update_rate(updates: list[Update]) -> float:
+    """Widget updates per second while a job's bar moves (all widgets, kernel clock).
+
+    The window runs from the bar's first to its last update while running
+    (those change ``value``/``description``; the final one also ``bar_style``),
+    so creating the row and finishing it do not count.
+    """
+    moving = [u for u in updates if "description" in u.keys and "bar_style" not in u.keys]
+    assert len(moving) >= 10, f"the bar moved only {len(moving)} times"
+    start, end = moving[0].sent_at, moving[-1].sent_at
+    during = [u for u in updates if start <= u.sent_at <= end]
+    return (len(during) - 1) / (end - start)
