@@ -340,6 +340,15 @@ class KernelSession:
                 continue
         return found
 
+    def wait_workers(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> set[int]:
+        """Wait until exactly ``count`` workers run; return their pids."""
+
+        def exactly() -> tuple[set[int]] | None:
+            pids = self.worker_pids()
+            return (pids,) if len(pids) == count else None
+
+        return wait_until(exactly, timeout, f"{count} worker processes")[0]
+
     def close(self) -> None:
         self._stop.set()
         self._pump.join(timeout=5)

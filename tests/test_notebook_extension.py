@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
 
 import requests
 
-from tests.kernel_helpers import KernelSession, free_port, kernel, wait_until
+from tests.kernel_helpers import KernelSession, free_port, kernel
 from tests.notebook_apps import release, run_app_cell, slow_app
 
 WAIT = 60.0
-WORKERS = 2
+WORKERS = os.cpu_count()
 
 STATE = """
 import dash, jupyter_dash, nbbg
@@ -50,8 +51,7 @@ def test_load_sets_defaults_and_unload_restores_them_and_stops_workers(tmp_path:
 
         session.run("%load_ext nbbg")
         assert _state(session) == ["LokyManager", "inline True", "True False"]
-        workers = wait_until(lambda: session.worker_pids(), WAIT, "prewarmed workers")
-        assert len(workers) == WORKERS
+        session.wait_workers(WORKERS)
         own = session.run(
             "from dash import DiskcacheManager\n"
             "own = DiskcacheManager()\n"
@@ -62,14 +62,14 @@ def test_load_sets_defaults_and_unload_restores_them_and_stops_workers(tmp_path:
         panel_ids = session.read(lambda: [m.comm_id for m in session.widgets.panels()])
 
         session.run("%unload_ext nbbg")
-        wait_until(lambda: not session.worker_pids(), WAIT, "every worker to stop")
+        session.wait_workers(0)
         assert all(not session.widgets.models[i].open for i in panel_ids), "panels closed"
         assert _state(session) == ["NoneType", "inline False", "False True"]
         gone = session.execute("%nbbg")
         assert gone.reply_status == "error" and "`%nbbg` not found" in gone.stderr
 
         session.run("%load_ext nbbg")
-        assert len(wait_until(lambda: session.worker_pids(), WAIT, "workers again")) == WORKERS
+        session.wait_workers(WORKERS)
         _run_one_job(session, tmp_path, 2)
 
 
@@ -131,6 +131,15 @@ def test_legacy_jupyter_dash_notebook_runs_unchanged(tmp_path: Path) -> None:
         assert result.widget_ids(), "the jobs panel is shown under the app"
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert page.status_code == 200
+
+        other = free_port()
+        external = session.run(
+            "app = JupyterDash(__name__)\n"
+            "app.layout = html.Div('in a browser tab')\n"
+            f"app.run_server(mode='external', host='127.0.0.1', port='{other}')\n"
+        )
+        assert f"Dash app running on http://127.0.0.1:{other}/" in external.stdout
+        assert requests.get(f"http://127.0.0.1:{other}/", timeout=30).status_code == 200
 
         session.run("%unload_ext nbbg")
         original = session.run(

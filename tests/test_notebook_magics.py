@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from tests.kernel_helpers import KernelSession, kernel, wait_until
 
 WAIT = 60.0
+WORKERS = os.cpu_count()
 
 SUBMIT = """
 import time
@@ -33,23 +35,22 @@ def _states(session: KernelSession) -> list[str]:
 
 
 def test_status_resize_restart_and_panel(session: KernelSession) -> None:
-    first = wait_until(lambda: session.worker_pids(), WAIT, "prewarmed workers")
+    first = session.wait_workers(WORKERS)
     status = session.run("%nbbg").stdout
-    assert status.startswith("nbbg: 2 workers (pid ")
+    assert status.startswith(f"nbbg: {WORKERS} worker")
+    assert all(f"pid {pid} idle" in status for pid in first)
     assert "jobs: no jobs yet" in status
 
     assert session.run("%nbbg workers 1").stdout.strip() == "nbbg: 1 worker"
-    wait_until(lambda: len(session.worker_pids()) == 1, WAIT, "one worker left")
+    before = session.wait_workers(1)
     assert session.run("%nbbg").stdout.startswith("nbbg: 1 worker (pid ")
 
-    before = session.worker_pids()
     assert "fresh workers" in session.run("%nbbg restart").stdout
     wait_until(
-        lambda: len(session.worker_pids()) == 1 and not session.worker_pids() & before,
+        lambda: len(pids := session.worker_pids()) == 1 and not pids & before,
         WAIT,
         "a fresh worker",
     )
-    assert before <= first
 
     shown = session.run("%nbbg panel")
     assert shown.widget_ids(), "a widget is displayed"
@@ -60,6 +61,7 @@ def test_status_resize_restart_and_panel(session: KernelSession) -> None:
 
 
 def test_cancel_one_job_by_id_prefix_then_all(session: KernelSession) -> None:
+    session.run("%nbbg workers 2")
     ids = session.run(SUBMIT).stdout.split()
     wait_until(lambda: _states(session) == ["running", "running", "queued"], WAIT, "2 jobs running")
     listed = session.run("%nbbg").stdout
@@ -94,4 +96,4 @@ def test_bad_arguments_print_usage_never_a_traceback(session: KernelSession) -> 
         assert result.error is None and result.reply_status == "ok", line
         assert "usage:\n  %nbbg " in result.stdout, line
         assert not result.stderr, line
-    wait_until(lambda: len(session.worker_pids()) == 2, WAIT, "the two workers, untouched")
+    session.wait_workers(WORKERS)

@@ -78,7 +78,7 @@ def open_notebook(tmp_path: Path) -> Iterator[Callable[[AppCell], Notebook]]:
 
         def open_(app_cell: AppCell) -> Notebook:
             session = stack.enter_context(kernel(tmp_path))
-            session.run("%load_ext nbbg")
+            session.run("%load_ext nbbg\n%nbbg workers 2")  # two jobs at once on any machine
             port = free_port()
             _result, panel_id, client = run_app_cell(session, app_cell(port), port)
             return Notebook(session, client, panel_id, tmp_path)
@@ -212,3 +212,42 @@ def test_fast_progress_gives_about_ten_widget_updates_a_second(
     print(f"{calls / seconds:.0f} set_progress/s -> {rate:.1f} widget updates/s")
     assert calls >= 300, "the job must really report fast for this test to mean anything"
     assert rate <= 12, "about 10 updates a second: one bar update per render, elapsed once a second"
+
+
+TEXT_APP = """
+import dash
+from dash import html, Input, Output
+app = dash.Dash(__name__)
+app.layout = html.Div([html.Button(id="go"), html.Div(id="out"), html.Div(id="status")])
+
+@app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
+              progress=Output("status", "children"), prevent_initial_call=True)
+def text_job(set_progress, n):
+    set_progress(f"step {{n}} of {{n}}")
+    return n
+app.run(port={port})
+"""
+
+
+def test_older_finished_jobs_fold_into_a_count_and_text_progress_shows_as_text(
+    open_notebook: Callable[[AppCell], Notebook],
+) -> None:
+    notebook = open_notebook(lambda port: TEXT_APP.format(port=port))
+    session = notebook.session
+    small = session.run("import nbbg\nnbbg.panel(app, max_rows=2)")
+    small_id = small.widget_ids()[0]
+    for n in (1, 2, 3, 4):
+        _status, data = notebook.client.poll_until_finished(notebook.start(n))
+        assert data["response"] == {"out": {"children": n}}
+
+    expected = [
+        ("text_job · go.n_clicks=4", "done", "step 4 of 4", None),
+        ("text_job · go.n_clicks=3", "done", "step 3 of 3", None),
+    ]
+
+    def folded() -> bool:
+        rows = [(r.title, r.state, r.text, r.bar) for r in session.widgets.rows(small_id)]
+        footer = session.widgets.children(session.widgets.models[small_id])[-1]
+        return rows == expected and footer.state.get("value") == "+ 2 older finished jobs"
+
+    session.wait_for(folded, WAIT, "the two newest rows, and two older jobs folded")
