@@ -107,6 +107,7 @@ def register(ipython: Any, manager: LokyManager) -> Callable[[], None]:
         if text:
             print(text)
 
+    nbbg.__doc__ = USAGE  # what `%nbbg?` shows
     ipython.register_magic_function(nbbg, magic_kind="line", magic_name="nbbg")
 
     def unregister() -> None:
