@@ -23,7 +23,7 @@ from ._jobs import JobEvent, JobFailure, JobSnapshot, JobState
 from ._manager import LokyManager
 
 if TYPE_CHECKING:
-    from ._extension import load_ipython_extension, unload_ipython_extension
+    from ._extension import kernel_manager, load_ipython_extension, unload_ipython_extension
     from ._legacy import JupyterDash
     from ._panel import JobsPanel, panel
 
@@ -52,6 +52,7 @@ __all__ = [
     "WorkerDiedError",
     "WorkerInfo",
     "__version__",
+    "kernel_manager",
     "load_ipython_extension",
     "panel",
     "unload_ipython_extension",
@@ -63,6 +64,7 @@ _NOTEBOOK_NAMES = {
     "JobsPanel": "._panel",
     "panel": "._panel",
     "JupyterDash": "._legacy",
+    "kernel_manager": "._extension",
     "load_ipython_extension": "._extension",
     "unload_ipython_extension": "._extension",
 }
