@@ -17,6 +17,7 @@ from ._errors import (
     UnpicklableArgumentsError,
     UnpicklableCallbackError,
     UnpicklableResultError,
+    UnreadableResultError,
     WorkerDiedError,
 )
 from ._jobs import JobEvent, JobFailure, JobSnapshot, JobState
@@ -49,6 +50,7 @@ __all__ = [
     "UnpicklableArgumentsError",
     "UnpicklableCallbackError",
     "UnpicklableResultError",
+    "UnreadableResultError",
     "WorkerDiedError",
     "WorkerInfo",
     "__version__",

@@ -39,6 +39,7 @@ from ._errors import (
     BadProgressError,
     JobCancelledError,
     JobFailedError,
+    NbbgError,
     ShutdownError,
     UnknownJobError,
     UnpicklableArgumentsError,
@@ -288,11 +289,21 @@ class Engine:
             return None if job is None else job.result_key
 
     def result(self, job_id: str) -> Any:
-        """The stored result of a done job, or ``MISSING`` when it is gone."""
-        key = self.result_key(job_id)
-        if not key:
-            return MISSING
-        return read_result(self.store, key)
+        """The stored result of a done job, or ``MISSING`` when it is gone.
+
+        A result that cannot be read fails the job (so the panel agrees with
+        the app) and raises ``StoreError`` or ``UnreadableResultError``.
+        """
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not job.result_key:
+                return MISSING
+            key, name = job.result_key, job.name
+        try:
+            return read_result(self.store, key, name)
+        except NbbgError as exc:
+            self.fail(job_id, JobFailure(str(exc)))
+            raise
 
     def wait(self, job_id: str, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise why it did not."""
@@ -314,7 +325,10 @@ class Engine:
         if state is JobState.ERROR:
             assert failure is not None
             raise JobFailedError(job_id, failure.message, failure.traceback)
-        value = self.result(job_id)
+        try:
+            value = self.result(job_id)
+        except NbbgError as exc:
+            raise JobFailedError(job_id, str(exc)) from exc
         if value is MISSING:
             raise JobFailedError(
                 job_id, "the result is no longer in the store (expired or evicted)"

@@ -64,6 +64,17 @@ class UnpicklableResultError(NbbgError, TypeError):
         )
 
 
+class UnreadableResultError(NbbgError, TypeError):
+    """A job's stored return value cannot be unpickled in the kernel."""
+
+    def __init__(self, callback_name: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the value returned by `{callback_name}` cannot be loaded back in the kernel "
+            f"({type(cause).__name__}: {cause}): return plain data (numbers, strings, "
+            "lists, dicts, figures), not objects that only the worker can rebuild"
+        )
+
+
 class BadProgressError(NbbgError, TypeError):
     """A progress or set_props value cannot be sent to the app."""
 

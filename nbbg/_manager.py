@@ -77,6 +77,7 @@ class LokyManager(BaseBackgroundCallbackManager):
         expire: float | None = None,
         prewarm: bool = True,
     ) -> None:
+        _warm_json_encoder()
         self.handle = open_store(cache)
         self.expire = expire
         self._engine = Engine(self.handle, max_workers, prewarm=prewarm, warm_modules=WARM_MODULES)
@@ -196,8 +197,13 @@ class LokyManager(BaseBackgroundCallbackManager):
             value = self._engine.result(snapshot.id)
         except NbbgError as exc:
             return _error_result(snapshot, str(exc))
-        if value is MISSING:
-            return self.UNDEFINED
+        if value is MISSING:  # a silent 204 would look like a cancel: say what happened
+            message = (
+                f"the result of `{snapshot.name}` is no longer in the store (its directory "
+                "was deleted, or it expired or was evicted): run the callback again"
+            )
+            self._engine.fail(snapshot.id, JobFailure(message))
+            return _error_result(snapshot, message)
         problem = _json_problem(value)
         if problem is not None:
             message = (
@@ -221,7 +227,13 @@ class LokyManager(BaseBackgroundCallbackManager):
 
     def get_updated_props(self, key: str) -> dict[str, Any]:
         job_id = self._job_for(key)
-        return self._engine.take_props(job_id) if job_id else {}
+        props = self._engine.take_props(job_id) if job_id else {}
+        problem = _json_problem(props) if props else None
+        if job_id and problem is not None:  # else every poll of the app answers 500
+            failure = JobFailure(str(_bad_progress(self._engine.get(job_id), problem)))
+            self._engine.fail(job_id, failure)
+            return {}
+        return props
 
     def get_or_create_signing_secret(self, generate: Callable[[], bytes]) -> Any:
         # ``add`` only writes when the key is absent, so concurrent callers agree.
@@ -280,6 +292,21 @@ class LokyManager(BaseBackgroundCallbackManager):
             f"<LokyManager max_workers={self.max_workers} active_jobs={active} "
             f"store={self.handle.directory!r}>"
         )
+
+
+def _warm_json_encoder() -> None:
+    """Encode one component now, on this thread, before any request thread does.
+
+    Dash's encoder (plotly's, with orjson) meets its first object orjson
+    cannot encode (a child component) and orjson then sets up its numpy
+    support; with orjson 3.8 two request threads doing that at once abort the
+    process (SIGILL): 16 tabs loading the page together killed the kernel in
+    the load test.
+    """
+    from dash import html
+    from dash._utils import to_json
+
+    to_json(html.Div(html.Div()))
 
 
 def _json_problem(value: Any) -> str | None:

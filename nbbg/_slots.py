@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from collections import OrderedDict
+from multiprocessing import resource_tracker
 from typing import Any
 
 from loky import ProcessPoolExecutor
@@ -39,6 +40,9 @@ class Slot:
         # The first submit spawns the worker (fork + exec) from this thread.
         # Spawn it with SIGINT blocked, so an "interrupt kernel" that reaches
         # the process group before the initializer ignores SIGINT cannot kill it.
+        # Start multiprocessing's resource tracker first: the spawn needs it, and
+        # starting it unblocks SIGINT in this thread, undoing the mask.
+        resource_tracker.ensure_running()
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             executor.submit(_worker.warm_up, self._warm_modules)

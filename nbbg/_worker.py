@@ -28,6 +28,7 @@ import cloudpickle
 from ._channel import JobReporter, ProgressSender
 from ._errors import StoreError, UnpicklableResultError
 from ._jobs import JobFailure
+from ._store import Store
 
 FUNCTION_CACHE_SIZE = 32
 WATCHDOG_INTERVAL = 0.2
@@ -61,7 +62,7 @@ class _WorkerState:
     def __init__(self, sender: ProgressSender) -> None:
         self.sender = sender
         self.functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
-        self.stores: dict[str, Any] = {}
+        self.stores: dict[str, Store] = {}
 
 
 _state: _WorkerState | None = None
@@ -128,12 +129,10 @@ def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any] | None:
     return fn
 
 
-def _store(state: _WorkerState, directory: str) -> Any:
+def _store(state: _WorkerState, directory: str) -> Store:
     store = state.stores.get(directory)
     if store is None:
-        import diskcache
-
-        store = diskcache.Cache(directory)
+        store = Store(directory)  # no settings: keep the ones the kernel wrote
         state.stores[directory] = store
     return store
 
@@ -144,12 +143,14 @@ def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure |
     except Exception as exc:  # noqa: BLE001 - any pickling failure
         error = UnpicklableResultError(spec.name, exc)
         return JobFailure(str(error), _format_traceback(exc))
+    store = None
     try:
         # Store the pickled bytes so that diskcache never needs to pickle.
-        _store(state, spec.store_directory).set(
-            spec.result_key, data, expire=spec.expire, tag="nbbg"
-        )
-    except Exception as exc:  # noqa: BLE001 - disk full, deleted directory, ...
+        store = _store(state, spec.store_directory)
+        store.set(spec.result_key, data, expire=spec.expire, tag="nbbg")
+    except Exception as exc:  # noqa: BLE001 - disk full, corrupt database, ...
+        if store is not None:
+            store.recover(exc)  # so that the next job finds a working store
         return JobFailure(str(StoreError(spec.store_directory, exc)), _format_traceback(exc))
     return None
 
