@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._engine import Engine, WorkerInfo
 from ._errors import (
     BadProgressError,
     JobCancelledError,
@@ -21,11 +20,12 @@ from ._errors import (
     WorkerDiedError,
 )
 from ._jobs import JobEvent, JobFailure, JobSnapshot, JobState
-from ._manager import LokyManager
 
 if TYPE_CHECKING:
+    from ._engine import Engine, WorkerInfo
     from ._extension import kernel_manager, load_ipython_extension, unload_ipython_extension
     from ._legacy import JupyterDash
+    from ._manager import LokyManager
     from ._panel import JobsPanel, panel
 
 __version__ = "0.1.0"
@@ -60,9 +60,14 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
-# The notebook layer imports ipywidgets and IPython: load it on first use, so
-# that worker processes (which import nbbg) never do.
-_NOTEBOOK_NAMES = {
+# Loaded on first use. Worker processes import nbbg (for nbbg._worker) before
+# their initializer starts the owner watchdog and ignores SIGINT: importing Dash
+# (the manager), IPython and ipywidgets (the notebook layer) there would keep a
+# worker of a killed kernel alive, or open to "interrupt kernel", for a second.
+_LAZY_NAMES = {
+    "Engine": "._engine",
+    "WorkerInfo": "._engine",
+    "LokyManager": "._manager",
     "JobsPanel": "._panel",
     "panel": "._panel",
     "JupyterDash": "._legacy",
@@ -73,7 +78,7 @@ _NOTEBOOK_NAMES = {
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _NOTEBOOK_NAMES.get(name)
+    module_name = _LAZY_NAMES.get(name)
     if module_name is None:
         raise AttributeError(f"module 'nbbg' has no attribute {name!r}")
     from importlib import import_module
