@@ -4,9 +4,11 @@ Each worker opens one ``multiprocessing.connection`` to the kernel's
 listener (a Linux abstract AF_UNIX socket, or a socket file in a private
 directory elsewhere; an authkey guards it either way) and sends small tuples
 ``(kind, job_id, payload)``. A job's ``set_progress`` only stores the latest
-value; a flush thread in the worker sends it about every 10 ms, so the job
-never blocks on the kernel and the kernel sees at most ~100 messages per
-second per running job.
+value; a flush thread in the worker sends it about every 2 ms, so the job
+never blocks on the kernel and the kernel sees at most ~500 messages per
+second per running job (~200 from a CPU-bound one: the flush thread waits
+for the GIL's 5 ms switch interval). A longer interval makes progress
+staler than a manager that writes every value to Redis (bench/RESULTS.md).
 
 Kinds: ``progress`` (latest value), ``props`` (merged ``set_props`` updates),
 ``bad_progress`` (a value that could not be pickled; payload is the reason).
@@ -27,7 +29,8 @@ from typing import Any
 
 LOGGER = logging.getLogger("nbbg")
 
-FLUSH_INTERVAL = 0.01
+FLUSH_INTERVAL = 0.002
+"""Seconds between flushes: how stale progress may get before it leaves the worker."""
 Message = tuple[str, str, Any]
 
 
@@ -38,7 +41,11 @@ def _new_address() -> str:
 
 
 class ProgressListener:
-    """Kernel side: accepts worker connections and hands messages to a callback."""
+    """Kernel side: accepts worker connections and hands messages to a callback.
+
+    Each connection has its own reader thread, which owns it and closes it when
+    the worker goes away (the engine kills its workers before closing this).
+    """
 
     def __init__(self, on_message: Callable[[Message], None]) -> None:
         self.address = _new_address()
@@ -46,8 +53,6 @@ class ProgressListener:
         self._on_message = on_message
         self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
         self._closed = False
-        self._connections: list[Connection] = []
-        self._lock = threading.Lock()
         threading.Thread(target=self._accept_loop, name="nbbg-accept", daemon=True).start()
 
     def _accept_loop(self) -> None:
@@ -55,47 +60,43 @@ class ProgressListener:
             try:
                 conn = self._listener.accept()
             except Exception:  # noqa: BLE001 - a failed handshake or a closed listener
-                if self._closed:
-                    return
                 continue
-            with self._lock:
-                if self._closed:
-                    conn.close()
-                    return
-                self._connections.append(conn)
+            if self._closed:
+                conn.close()
+                return
             threading.Thread(
                 target=self._read_loop, args=(conn,), name="nbbg-progress", daemon=True
             ).start()
 
     def _read_loop(self, conn: Connection) -> None:
-        try:
+        with conn:
             while True:
-                message = conn.recv()
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    return  # the worker exited
+                except SystemExit:
+                    # Something raised SystemExit in this thread from outside
+                    # (some test runners stop their server threads that way, by
+                    # thread id, and ids are reused): keep serving the worker.
+                    continue
+                except Exception:
+                    LOGGER.exception("nbbg: a progress message could not be read")
+                    continue
                 try:
                     self._on_message(message)
                 except Exception:
                     LOGGER.exception("nbbg: error while handling a progress message")
-        except (EOFError, OSError):
-            pass  # the worker exited
-        finally:
-            with self._lock:
-                if conn in self._connections:
-                    self._connections.remove(conn)
-            conn.close()
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            connections = list(self._connections)
+        if self._closed:
+            return
+        self._closed = True
         try:  # wake the accept() call so its thread ends
             Client(self.address, family="AF_UNIX", authkey=self.authkey).close()
         except Exception:  # noqa: BLE001
             pass
         self._listener.close()
-        for conn in connections:
-            conn.close()
 
 
 class JobReporter:

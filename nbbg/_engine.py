@@ -52,6 +52,9 @@ from ._store import MISSING, read_result
 
 LOGGER = logging.getLogger("nbbg")
 
+MESSAGE_GRACE = 2.0
+"""Seconds a finished job waits for its last progress messages before it ends anyway."""
+
 RESULT_TTL = 24 * 3600.0
 """Seconds a job's own result is kept in the store (cache_by entries use ``expire``)."""
 
@@ -409,7 +412,7 @@ class Engine:
         """Start queued jobs on free slots (lock held)."""
         events: list[JobEvent] = []
         while self._queued:
-            slot = next((s for s in self._slots if not s.busy and not s.retiring), None)
+            slot = self._free_slot()
             if slot is None:
                 break
             job, spec, payload = self._queued.popleft()
@@ -419,6 +422,12 @@ class Engine:
             for job, _, _ in self._queued:  # queue positions moved up
                 events.append(JobEvent("state", self._snapshot(job)))
         return events
+
+    def _free_slot(self) -> Slot | None:
+        """A free slot, preferring a warm one: a slot just respawned after a
+        cancel is still starting its worker while another may sit idle."""
+        free = [s for s in self._slots if not s.busy and not s.retiring]
+        return next((s for s in free if s.warm), free[0] if free else None)
 
     def _start_on(self, slot: Slot, job: Job, spec: _worker.JobSpec, payload: bytes) -> None:
         if not slot.remember_shipped(spec.token):
@@ -468,6 +477,8 @@ class Engine:
                 job.worker_outcome = outcome
                 job.messages_expected = outcome.messages_sent
                 events += self._maybe_finish(job)
+                if job.state.active:  # its last progress messages are still on the way
+                    _start_timer(MESSAGE_GRACE, self._finish_overdue, job)
                 self._after_job(slot)
             events += self._dispatch()
         self._emit(events)
@@ -477,6 +488,18 @@ class Engine:
             self._retire_idle_slots()
         elif slot.needs_restart:
             slot.replace_worker()
+
+    def _finish_overdue(self, job: Job) -> None:
+        """Finish a job whose worker is done but whose last messages never came.
+
+        Only a broken progress connection does that; the job's result is in the
+        store all the same, so the job must not stay "running" for ever.
+        """
+        with self._lock:
+            if job.messages_expected is not None:
+                job.messages_received = max(job.messages_received, job.messages_expected)
+            events = self._maybe_finish(job)
+        self._emit(events)
 
     def _maybe_finish(self, job: Job) -> list[JobEvent]:
         """Finish a job once its worker is done and all its messages arrived."""
@@ -556,6 +579,12 @@ class Engine:
                     subscriber(event)
                 except Exception:
                     LOGGER.exception("nbbg: job event subscriber failed")
+
+
+def _start_timer(delay: float, function: Callable[..., None], *args: Any) -> None:
+    timer = threading.Timer(delay, function, args)
+    timer.daemon = True
+    timer.start()
 
 
 def _shutdown_if_alive(engine_ref: weakref.ref[Engine]) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from multiprocessing import resource_tracker
 from typing import Any
 
@@ -31,6 +32,7 @@ class Slot:
         self.retiring = False
         self.needs_restart = False
         self.shipped_tokens: OrderedDict[int, None] = OrderedDict()
+        self._warming: Future[Any] | None = None
         self.executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
@@ -45,7 +47,7 @@ class Slot:
         resource_tracker.ensure_running()
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            executor.submit(_worker.warm_up, self._warm_modules)
+            self._warming = executor.submit(_worker.warm_up, self._warm_modules)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return executor
@@ -53,6 +55,11 @@ class Slot:
     @property
     def busy(self) -> bool:
         return self.job_id is not None
+
+    @property
+    def warm(self) -> bool:
+        """Whether the worker has started and imported what jobs need."""
+        return self._warming is not None and self._warming.done()
 
     def worker_pid(self) -> int | None:
         # loky keeps its workers in ``_processes`` (pid -> process).

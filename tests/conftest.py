@@ -38,8 +38,17 @@ def pytest_setup_options() -> Options:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.option.headless = True
-    # dash_duo numbers its servers from 58050 in every pytest process; start
-    # from a port that is free now so parallel runs do not collide.
+
+
+@pytest.fixture(autouse=True)
+def _dash_duo_port_free_now() -> None:
+    """Give ``dash_duo`` a port that is free now, before every test.
+
+    It counts up from 58050, inside the range the OS hands out for port 0, where
+    other tests' servers (and parallel runs) live. A taken port makes its server
+    thread die, and ``dash_duo`` then stops that dead thread by raising
+    SystemExit into whatever thread reuses its id.
+    """
     from dash.testing.application_runners import BaseDashRunner
 
     BaseDashRunner._next_port = free_port()  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -71,11 +72,11 @@ def test_cancel_queued_job_is_dropped_without_touching_workers(manager: nbbg.Lok
     assert [manager.wait(i, timeout=10)[0] for i in running] == [0, 1]
 
 
-@pytest.mark.parametrize("job_id", ["", "nope", "../x", "a" * 10_000, None, 12345])
-def test_terminate_unknown_ids_is_a_silent_no_op(manager: nbbg.LokyManager, job_id) -> None:
+def test_terminate_unknown_ids_is_a_silent_no_op(manager: nbbg.LokyManager) -> None:
     live = manager.submit(sleep_then_return, 0.5, "live")
-    manager.terminate_job(job_id)
-    assert manager.cancel(job_id) is False
+    for job_id in ["", "nope", "../x", "a" * 10_000, None, 12345]:
+        manager.terminate_job(job_id)
+        assert manager.cancel(job_id) is False  # type: ignore[arg-type]
     assert manager.wait(live, timeout=10)[0] == "live"
 
 
@@ -276,3 +277,25 @@ def test_owner_death_leaves_no_workers(tmp_path) -> None:
     finally:
         if owner.poll() is None:
             owner.kill()
+
+
+def test_progress_the_kernel_cannot_read_does_not_hang_the_job(
+    manager: nbbg.LokyManager, tmp_path
+) -> None:
+    """A progress value whose class only the worker can import is dropped, not fatal."""
+
+    def report_unreadable(set_progress, module_dir):
+        import sys
+
+        (Path(module_dir) / "only_in_worker.py").write_text("class Thing:\n    pass\n")
+        sys.path.insert(0, module_dir)
+        import only_in_worker
+
+        set_progress(only_in_worker.Thing())
+        time.sleep(0.1)
+        return "finished"
+
+    job_fn = manager.make_job_fn(report_unreadable, True)
+    job_id = manager.call_job_fn("k" * 64, job_fn, [str(tmp_path)], {})
+    assert manager.wait(job_id, timeout=20) == "finished"
+    assert manager.get_progress("k" * 64) is None
