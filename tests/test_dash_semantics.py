@@ -81,7 +81,7 @@ def test_set_props_between_two_polls_all_arrive(dash_duo, manager: nbbg.LokyMana
 
 def test_cache_by_answers_from_store_then_expires(dash_duo, tmp_path: Path) -> None:
     runs = diskcache.Cache(str(tmp_path / "runs"))
-    manager = nbbg.LokyManager(max_workers=1, cache=str(tmp_path / "store"), expire=1.5)
+    manager = nbbg.LokyManager(max_workers=1, cache=str(tmp_path / "store"), expire=5)
     manager.cache_by = lambda: "v1"  # Dash apps assign it after construction
     try:
         app = Dash(__name__, background_callback_manager=manager)
@@ -108,7 +108,7 @@ def test_cache_by_answers_from_store_then_expires(dash_duo, tmp_path: Path) -> N
         dash_duo.wait_for_text_to_equal("#out", "A", timeout=15)
         assert runs.get("a") == 1, "the second identical call came from the cache"
         assert any(j.cache_hit for j in manager.jobs())
-        time.sleep(1.8)  # past `expire` since the entry was last used
+        time.sleep(5.5)  # past `expire` since the entry was last used
         word.send_keys("b")
         dash_duo.wait_for_text_to_equal("#out", "AB", timeout=15)
         assert runs.get("ab") == 2, "after expire the callback ran again"
