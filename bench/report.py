@@ -1,0 +1,379 @@
+"""From raw samples to the table: medians, ratios against DiskcacheManager, targets.
+
+``samples[manager][metric]`` is the list of per-repetition dicts that
+``metrics.py`` returned. Each row below reduces one metric to one number per
+manager; the ratio columns divide by DiskcacheManager's number from the same
+run; the target column is checked for LokyManager (nbbg).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .servers import LABELS
+
+AllSamples = dict[str, dict[str, list[dict[str, Any]]]]
+MIB_PER_WORKER = 50.0
+
+
+def _present(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if v is not None]
+
+
+def median(values: list[Any]) -> float | None:
+    present = _present(values)
+    return statistics.median(present) if present else None
+
+
+def percentile(values: list[Any], fraction: float) -> float | None:
+    """Nearest-rank percentile (``fraction`` in 0..1)."""
+    present = sorted(_present(values))
+    if not present:
+        return None
+    return present[max(0, math.ceil(fraction * len(present)) - 1)]
+
+
+def _pooled(reps: list[dict[str, Any]], key: str) -> list[Any]:
+    return [value for rep in reps for value in rep.get(key) or []]
+
+
+def _each(reps: list[dict[str, Any]], key: str) -> list[Any]:
+    return [rep.get(key) for rep in reps]
+
+
+def _first_over_warm(reps: list[dict[str, Any]]) -> float | None:
+    ratios = []
+    for rep in reps:
+        warm = median(rep.get("warm_ms") or [])
+        if rep.get("first_ms") is not None and warm:
+            ratios.append(rep["first_ms"] / warm)
+    return median(ratios)
+
+
+def _big_first(reps: list[dict[str, Any]]) -> float | None:
+    return median([rep["big_ms"][0] for rep in reps if rep.get("big_ms")])
+
+
+def _big_overhead(reps: list[dict[str, Any]]) -> float | None:
+    later = [ms for rep in reps for ms in (rep.get("big_ms") or [])[1:]]
+    noop = _pooled(reps, "noop_ms")
+    later_median, noop_median = median(later), median(noop)
+    if later_median is None or noop_median is None:
+        return None
+    return later_median - noop_median
+
+
+def _count(reps: list[dict[str, Any]], key: str, good: Any) -> str:
+    values = _pooled(reps, key)
+    return f"{sum(1 for v in values if v == good)}/{len(values)}"
+
+
+def _sum(reps: list[dict[str, Any]], key: str) -> float:
+    return float(sum(v or 0 for v in _each(reps, key)))
+
+
+Value = float | str | None
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    label: str
+    unit: str
+    reduce: Callable[[list[dict[str, Any]]], Value]
+    target: str = ""
+    ratio: bool = True
+    check: Callable[[dict[str, Value]], bool | None] | None = None
+
+
+def _num(value: Value) -> float | None:
+    return value if isinstance(value, (int, float)) else None
+
+
+def _ratio_at_most(limit: float) -> Callable[[dict[str, Value]], bool | None]:
+    def check(values: dict[str, Value]) -> bool | None:
+        mine, theirs = _num(values.get("loky")), _num(values.get("diskcache"))
+        return None if mine is None or not theirs else mine / theirs <= limit
+
+    return check
+
+
+def _ratio_at_least(limit: float) -> Callable[[dict[str, Value]], bool | None]:
+    def check(values: dict[str, Value]) -> bool | None:
+        mine, theirs = _num(values.get("loky")), _num(values.get("diskcache"))
+        return None if mine is None or not theirs else mine / theirs >= limit
+
+    return check
+
+
+def _at_most(limit: float) -> Callable[[dict[str, Value]], bool | None]:
+    def check(values: dict[str, Value]) -> bool | None:
+        mine = _num(values.get("loky"))
+        return None if mine is None else mine <= limit
+
+    return check
+
+
+def _no_worse_than_celery(values: dict[str, Value]) -> bool | None:
+    mine, celery = _num(values.get("loky")), _num(values.get("celery"))
+    return None if mine is None or celery is None else mine <= celery
+
+
+def _memory_budget(values: dict[str, Value]) -> bool | None:
+    mine, theirs = _num(values.get("loky")), _num(values.get("diskcache"))
+    workers = os.cpu_count() or 1  # LokyManager's default max_workers
+    return None if mine is None or theirs is None else mine <= theirs + MIB_PER_WORKER * workers
+
+
+def _all_of(fraction: Value) -> bool | None:
+    if not isinstance(fraction, str):
+        return None
+    good, total = fraction.split("/")
+    return good == total and total != "0"
+
+
+def _lost_fraction(reps: list[dict[str, Any]]) -> str:
+    return f"{int(_sum(reps, 'lost'))}/{int(_sum(reps, 'jobs'))}"
+
+
+ROWS: tuple[Row, ...] = (
+    Row(
+        "turnaround",
+        "no-op job turnaround, 2 ms polling",
+        "ms",
+        lambda reps: median(_pooled(reps, "ms")),
+        "≤ 0.55x",
+        check=_ratio_at_most(0.55),
+    ),
+    Row(
+        "throughput",
+        "throughput, {throughput_jobs} no-op jobs from {throughput_threads} tabs",
+        "jobs/s",
+        lambda reps: median(_each(reps, "jobs_per_s")),
+        "≥ 3x",
+        check=_ratio_at_least(3.0),
+    ),
+    Row(
+        "throughput",
+        "jobs lost (timeout, 204 or error)",
+        "lost/sent",
+        _lost_fraction,
+        "0",
+        ratio=False,
+        check=lambda v: isinstance(v.get("loky"), str) and str(v["loky"]).startswith("0/"),
+    ),
+    Row(
+        "set_progress_cost",
+        "one set_progress call, in-job",
+        "µs",
+        lambda reps: median(_each(reps, "us_per_call")),
+        "≤ 1 µs",
+        check=_at_most(1.0),
+    ),
+    Row(
+        "progress_latency",
+        "progress latency p90 (job stamp → client)",
+        "ms",
+        lambda reps: percentile(_pooled(reps, "latency_ms"), 0.9),
+        "≤ Celery's",
+        check=_no_worse_than_celery,
+    ),
+    Row(
+        "progress_latency",
+        "progress updates seen of sent",
+        "%",
+        lambda reps: median([100 * r["seen"] / r["sent"] for r in reps if r.get("sent")]),
+        ratio=False,
+    ),
+    Row(
+        "cancel",
+        "cancel → job's process stops using CPU",
+        "ms",
+        lambda reps: median(_pooled(reps, "stop_ms")),
+        "≤ 20 ms",
+        check=_at_most(20.0),
+    ),
+    Row(
+        "cancel",
+        "concurrent job unharmed by the cancel",
+        "ok/runs",
+        lambda reps: _count(reps, "concurrent_unharmed", True),
+        "all",
+        ratio=False,
+        check=lambda v: _all_of(v.get("loky")),
+    ),
+    Row(
+        "cancel",
+        "cancel request answered (HTTP round trip)",
+        "ms",
+        lambda reps: median(_pooled(reps, "answer_ms")),
+    ),
+    Row(
+        "refire",
+        "re-fire (oldJob) → old job's process stops",
+        "ms",
+        lambda reps: median(_pooled(reps, "stop_ms")),
+    ),
+    Row(
+        "refire",
+        "re-fired job turnaround (50 ms of CPU)",
+        "ms",
+        lambda reps: median(_pooled(reps, "new_job_ms")),
+    ),
+    Row("big_global", "100 MB `__main__` global: first call", "ms", _big_first),
+    Row(
+        "big_global",
+        "100 MB global: overhead per later call",
+        "ms",
+        _big_overhead,
+        "≤ 5 ms",
+        ratio=False,
+        check=_at_most(5.0),
+    ),
+    Row(
+        "big_global",
+        "100 MB global: memory after the calls (PSS)",
+        "MiB",
+        lambda reps: median(_each(reps, "pss_after_mib")),
+    ),
+    Row(
+        "startup",
+        "first job after start (page load, click)",
+        "ms",
+        lambda reps: median(_each(reps, "first_ms")),
+    ),
+    Row(
+        "startup",
+        "warm job (same server, right after)",
+        "ms",
+        lambda reps: median(_pooled(reps, "warm_ms")),
+    ),
+    Row(
+        "startup",
+        "first job ÷ warm job",
+        "x",
+        _first_over_warm,
+        "≤ 2x",
+        ratio=False,
+        check=_at_most(2.0),
+    ),
+    Row(
+        "startup_settled",
+        "first job, clicked 1 s after page load",
+        "ms",
+        lambda reps: median(_each(reps, "first_ms")),
+    ),
+    Row(
+        "startup_settled",
+        "… ÷ warm job",
+        "x",
+        _first_over_warm,
+        "(≤ 2x)",
+        ratio=False,
+        check=_at_most(2.0),
+    ),
+    Row(
+        "memory",
+        "memory idle, server + workers (PSS)",
+        "MiB",
+        lambda reps: median(_each(reps, "idle_mib")),
+        "≤ DC + 50 MiB/worker",
+        check=_memory_budget,
+    ),
+    Row(
+        "memory",
+        "memory with 4 jobs submitted (PSS)",
+        "MiB",
+        lambda reps: median(_each(reps, "busy_mib")),
+        "≤ DC + 50 MiB/worker",
+        check=_memory_budget,
+    ),
+    Row(
+        "leftover",
+        "processes left after stopping the server",
+        "count",
+        lambda reps: _sum(reps, "processes"),
+        "0",
+        ratio=False,
+        check=_at_most(0.0),
+    ),
+    Row(
+        "leftover_crash",
+        "processes left after SIGKILL of the server",
+        "count",
+        lambda reps: _sum(reps, "processes"),
+        "(0)",
+        ratio=False,
+        check=_at_most(0.0),
+    ),
+)
+
+
+def _format(value: Value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _format_ratio(mine: Value, theirs: Value) -> str:
+    a, b = _num(mine), _num(theirs)
+    return "-" if a is None or not b else f"{a / b:.2f}x"
+
+
+def table(samples: AllSamples, managers: list[str], settings: dict[str, Any]) -> str:
+    """The markdown table: medians, ratios against DiskcacheManager, nbbg's verdict.
+
+    Row labels may name ``settings`` fields in braces.
+    """
+    others = [m for m in managers if m != "diskcache"]
+    header = ["metric", "unit", *(LABELS[m] for m in managers)]
+    if "diskcache" in managers:
+        header += [f"{LABELS[m].removesuffix('Manager')} ÷ DC" for m in others]
+    header += ["target (nbbg)", "nbbg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in ROWS:
+        values: dict[str, Value] = {}
+        for manager in managers:
+            reps = samples.get(manager, {}).get(row.metric) or []
+            values[manager] = row.reduce(reps) if reps else None
+        cells = [row.label.format(**settings), row.unit, *(_format(values[m]) for m in managers)]
+        if "diskcache" in managers:
+            cells += [
+                _format_ratio(values[m], values["diskcache"]) if row.ratio else "" for m in others
+            ]
+        verdict = row.check(values) if row.check else None
+        cells += [row.target, {True: "met", False: "**missed**", None: ""}[verdict]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(
+    samples: AllSamples, managers: list[str], settings: dict[str, Any], meta: dict[str, Any]
+) -> str:
+    """The table with what it was measured on: date, command, machine, versions."""
+    versions = ", ".join(f"{name} {version}" for name, version in meta["versions"].items())
+    machine = meta["machine"]
+    command = " ".join(["python -m bench", *meta["argv"]])
+    return (
+        f"Run {meta['started']} · `{command}` · {meta['seconds']} s · "
+        f"{settings['reps']} repetitions\n\n"
+        f"Machine: nproc={machine['nproc']}, {machine['platform']}, load average "
+        f"{machine['load_average_at_start']} at start, {meta['load_average_at_end']} at end\n\n"
+        f"Versions: {versions}\n\n{table(samples, managers, settings)}\n"
+    )
