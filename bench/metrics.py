@@ -263,6 +263,7 @@ def _cancel_once(server: Server, settings: Settings) -> Samples:
         "cancel_status": cancel_status,
         "answer_ms": (answered - sent) * 1000,
         "cancelled_job_outcome": spin_result.outcome,
+        "concurrent_outcome": steady_result.outcome,
         "concurrent_unharmed": unharmed,
     }
 
