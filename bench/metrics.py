@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .client import BackgroundJob, DashClient, JobResult, output_value
+from nbbg.client import BackgroundJob, DashClient, JobResult, output_value
+
 from .procs import busiest_descendant, pss_by_process, pss_mib, tree, wait_until_idle
 from .servers import Server
 

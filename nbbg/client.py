@@ -1,4 +1,12 @@
-"""A client that speaks to a Dash server the way dash-renderer does.
+"""Drive a Dash app from Python the way the browser does: ``nbbg.client.DashClient``.
+
+Notebooks use it to click their own app and check the outcome (so they test
+themselves under nbval), the tests use it for load and protocol checks, and
+``bench/`` uses it to time managers as a browser sees them::
+
+    client = DashClient.open("http://127.0.0.1:8050/")
+    result = client.run("paragraph_id", {"button_id": 1}, timeout=60)
+    output_value(result, "paragraph_id")        # what the browser would show
 
 Only the requests that matter for background callbacks, built as
 ``dash-renderer/build/dash_renderer.dev.js`` (``handleServerside``) builds them:
