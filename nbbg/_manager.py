@@ -66,7 +66,9 @@ class LokyManager(BaseBackgroundCallbackManager):
     :param cache_by: zero-argument functions whose values join the cache key;
         when set, identical calls are answered from the store without running.
     :param expire: seconds a ``cache_by`` entry lives after its last use.
-    :param prewarm: start the workers now, so the first job does not wait.
+    :param prewarm: start the workers now and return once they are ready (at
+        most 30 s), so the first job runs at warm speed; ``False`` starts them
+        at the first job instead.
     """
 
     def __init__(

@@ -22,11 +22,11 @@ from . import _worker
 
 class Slot:
     def __init__(
-        self, index: int, initargs: tuple[Any, ...], warm_modules: tuple[str, ...]
+        self, index: int, initargs: tuple[Any, ...], warm_up_args: tuple[Any, ...]
     ) -> None:
         self.index = index
         self._initargs = initargs
-        self._warm_modules = warm_modules
+        self._warm_up_args = warm_up_args
         self.generation = 0
         self.job_id: str | None = None
         self.retiring = False
@@ -47,7 +47,7 @@ class Slot:
         resource_tracker.ensure_running()
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            self._warming = executor.submit(_worker.warm_up, self._warm_modules)
+            self._warming = executor.submit(_worker.warm_up, *self._warm_up_args)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return executor
@@ -55,6 +55,16 @@ class Slot:
     @property
     def busy(self) -> bool:
         return self.job_id is not None
+
+    def wait_warm(self, timeout: float) -> bool:
+        """Block until the worker is warm (or ``timeout`` s pass); True if it is."""
+        if self._warming is None:
+            return False
+        try:
+            self._warming.result(timeout)
+        except Exception:  # noqa: BLE001 - a worker that failed to start shows up at its first job
+            return False
+        return True
 
     @property
     def warm(self) -> bool:

@@ -87,8 +87,8 @@ def initialize(owner_pid: int, channel_address: str, authkey: bytes) -> None:
     _state = _WorkerState(ProgressSender(channel_address, authkey))
 
 
-def warm_up(modules: tuple[str, ...]) -> int:
-    """Import what jobs will need, so the first job does not pay for it.
+def warm_up(modules: tuple[str, ...], store_directory: str) -> int:
+    """Import what jobs will need and open the store, so the first job does not pay for it.
 
     IPython is hidden meanwhile: dash imports it for its notebook display,
     which a worker never uses, at ~200 ms and ~28 MiB per worker (measured by
@@ -103,6 +103,8 @@ def warm_up(modules: tuple[str, ...]) -> int:
     finally:
         if hide_ipython and "IPython" in sys.modules and sys.modules["IPython"] is None:
             del sys.modules["IPython"]
+    if _state is not None:
+        _store(_state, store_directory)
     return os.getpid()
 
 
