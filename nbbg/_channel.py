@@ -4,11 +4,13 @@ Each worker opens one ``multiprocessing.connection`` to the kernel's
 listener (a Linux abstract AF_UNIX socket, or a socket file in a private
 directory elsewhere; an authkey guards it either way) and sends small tuples
 ``(kind, job_id, payload)``. A job's ``set_progress`` only stores the latest
-value; a flush thread in the worker sends it about every 2 ms, so the job
-never blocks on the kernel and the kernel sees at most ~500 messages per
-second per running job (~200 from a CPU-bound one: the flush thread waits
-for the GIL's 5 ms switch interval). A longer interval makes progress
-staler than a manager that writes every value to Redis (bench/RESULTS.md).
+value and, when the flush thread sleeps, wakes it; the flush thread sends
+the latest value at once, then rests ``FLUSH_INTERVAL``. So the job never
+blocks on the kernel, a lone update leaves the worker within a thread switch,
+and a job that reports in a tight loop sends at most ~500 messages a second
+(fewer when CPU-bound: the flush thread then waits for the GIL's 5 ms switch
+interval). Writing every value to Redis, as CeleryManager does, costs the job
+~130 µs a call; this costs ~0.1 µs (bench/RESULTS.md).
 
 Kinds: ``progress`` (latest value), ``props`` (merged ``set_props`` updates),
 ``bad_progress`` (a value that could not be pickled; payload is the reason).
@@ -30,7 +32,7 @@ from typing import Any
 LOGGER = logging.getLogger("nbbg")
 
 FLUSH_INTERVAL = 0.002
-"""Seconds between flushes: how stale progress may get before it leaves the worker."""
+"""Seconds the flush thread rests after a flush: the most a value waits behind another."""
 Message = tuple[str, str, Any]
 
 
@@ -102,14 +104,24 @@ class ProgressListener:
 class JobReporter:
     """Worker side, one per job: what ``set_progress`` / ``set_props`` write to.
 
-    ``set_progress`` is a single attribute store (the value wrapped in a fresh
-    tuple, so the flush thread can tell new from already-sent by identity).
+    ``set_progress`` is an attribute store (the value wrapped in a fresh tuple,
+    so the flush thread can tell new from already-sent by identity) and a
+    check of the wake-up flag; the flag is set at most once per flush.
     """
 
-    __slots__ = ("_latest", "_props", "_props_lock", "_sent", "job_id", "messages_sent")
+    __slots__ = (
+        "_latest",
+        "_props",
+        "_props_lock",
+        "_sent",
+        "_wake",
+        "job_id",
+        "messages_sent",
+    )
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, wake: threading.Event) -> None:
         self.job_id = job_id
+        self._wake = wake
         self._latest: tuple[Any] | None = None
         self._sent: tuple[Any] | None = None
         self._props: dict[str, dict[str, Any]] = {}
@@ -118,11 +130,14 @@ class JobReporter:
 
     def set_progress(self, value: Any) -> None:
         self._latest = (value,)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def set_props(self, component_id: str, props: dict[str, Any]) -> None:
         with self._props_lock:
             merged = self._props.get(component_id)
             self._props[component_id] = {**merged, **props} if merged else dict(props)
+        self._wake.set()
 
     def _take(self) -> list[Message]:
         messages: list[Message] = []
@@ -144,19 +159,17 @@ class ProgressSender:
         self._conn = Client(address, family="AF_UNIX", authkey=authkey)
         self._send_lock = threading.Lock()
         self._active: JobReporter | None = None
-        self._job_started = threading.Event()
+        self._wake = threading.Event()
         threading.Thread(target=self._flush_loop, name="nbbg-flush", daemon=True).start()
 
     def begin(self, job_id: str) -> JobReporter:
-        reporter = JobReporter(job_id)
+        reporter = JobReporter(job_id, self._wake)
         self._active = reporter
-        self._job_started.set()
         return reporter
 
     def end(self, reporter: JobReporter) -> int:
         """Stop flushing ``reporter`` after one last flush; return messages sent."""
         self._active = None
-        self._job_started.clear()
         self.flush(reporter)
         return reporter.messages_sent
 
@@ -178,9 +191,9 @@ class ProgressSender:
 
     def _flush_loop(self) -> None:
         while True:
-            self._job_started.wait()
+            self._wake.wait()
+            self._wake.clear()  # before reading: a later value sets it again
             reporter = self._active
-            while reporter is not None:
-                time.sleep(FLUSH_INTERVAL)
+            if reporter is not None:
                 self.flush(reporter)
-                reporter = self._active
+            time.sleep(FLUSH_INTERVAL)

@@ -96,11 +96,16 @@ def job_pid(workdir: Path, n: int) -> int | None:
 def update_rate(updates: list[Update]) -> float:
     """Widget updates per second while a job's bar moves (all widgets, kernel clock).
 
-    The window runs from the bar's first to its last update while running
-    (those change ``value``/``description``; the final one also ``bar_style``),
-    so creating the row and finishing it do not count.
+    The window runs from the bar's first to its last move while running
+    (those change ``value``/``description``; the one that creates the bar also
+    sets ``max``, the final one ``bar_style``), so building the row and
+    finishing it do not count.
     """
-    moving = [u for u in updates if "description" in u.keys and "bar_style" not in u.keys]
+    moving = [
+        u
+        for u in updates
+        if "description" in u.keys and not {"bar_style", "max"} & set(u.keys)
+    ]
     assert len(moving) >= 10, f"the bar moved only {len(moving)} times"
     start, end = moving[0].sent_at, moving[-1].sent_at
     during = [u for u in updates if start <= u.sent_at <= end]
