@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from selenium.webdriver.chrome.options import Options
 
 import nbbg
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.helpers import free_port, pid_gone, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-)
+__all__ = ["free_port", "pid_gone", "wait_until", "worker_pids"]
 
 
 def pytest_setup_options() -> Options:
     """Dash's hook: the browser ``dash_duo`` drives (Debian's chromium)."""
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
+    for flag in ("--headless=new", *CHROMIUM_FLAGS):
         options.add_argument(flag)
     return options
 
@@ -54,12 +42,6 @@ def _dash_duo_port_free_now() -> None:
     BaseDashRunner._next_port = free_port()  # type: ignore[attr-defined]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "store"
@@ -75,25 +57,3 @@ def manager(store_dir: Path) -> Iterator[nbbg.LokyManager]:
 
 def worker_pids(mgr: nbbg.LokyManager) -> set[int]:
     return {w.pid for w in mgr.workers() if w.pid is not None}
-
-
-def wait_until(condition, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
-    """Poll ``condition`` until truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def child_pids() -> set[int]:
-    return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}

@@ -37,18 +37,10 @@ from jupyter_client.blocking import BlockingKernelClient
 from playwright.sync_api import Browser, Frame, Locator, Page, Playwright, ViewportSize
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.kernel_helpers import free_port, wait_until
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.helpers import free_port, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM_ARGS = list(CHROMIUM_FLAGS)
 VIEWPORT: ViewportSize = {"width": 1280, "height": 1000}
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0

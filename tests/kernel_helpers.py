@@ -21,7 +21,6 @@ import json
 import os
 import queue
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,35 +34,10 @@ import psutil
 import requests
 from jupyter_client.manager import start_new_kernel
 
+from tests.helpers import wait_until
+
 MODEL_PREFIX = "IPY_MODEL_"
 DEFAULT_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
-) -> Any:
-    """Poll ``condition`` until it is truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # ---------------------------------------------------------------- cell results

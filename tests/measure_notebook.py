@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.kernel_helpers import free_port, kernel, pid_gone, wait_until
+from tests.helpers import free_port, pid_gone, wait_until
+from tests.kernel_helpers import kernel
 from tests.notebook_apps import fast_app, job_pid, run_app_cell, slow_app, update_rate
 
 CANCEL_TRIALS = 10

@@ -102,9 +102,7 @@ def update_rate(updates: list[Update]) -> float:
     finishing it do not count.
     """
     moving = [
-        u
-        for u in updates
-        if "description" in u.keys and not {"bar_style", "max"} & set(u.keys)
+        u for u in updates if "description" in u.keys and not {"bar_style", "max"} & set(u.keys)
     ]
     assert len(moving) >= 10, f"the bar moved only {len(moving)} times"
     start, end = moving[0].sent_at, moving[-1].sent_at

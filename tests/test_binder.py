@@ -53,7 +53,8 @@ def _run(command: list[str], env: dict[str, str], cwd: Path, timeout: float) -> 
         command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert done.returncode == 0, (
-        f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        f"{' '.join(command)} failed ({done.returncode}):\n"
+        f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     )
     return done.stdout
 
@@ -88,9 +89,24 @@ def test_fresh_binder_environment_runs_every_notebook(tmp_path: Path) -> None:
     shutil.copytree(REPO / "notebooks", notebooks, ignore=shutil.ignore_patterns("*.py", "nbbg-*"))
     started = time.monotonic()
     out = _run(
-        [python, "-m", "pytest", "--nbval-lax", "--nbval-cell-timeout=180", "-p",
-         "no:cacheprovider", "-q", "-o", "addopts=", "--rootdir", str(notebooks), str(notebooks)],
-        env, notebooks, 1200,
+        [
+            python,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "--nbval-cell-timeout=180",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-o",
+            "addopts=",
+            "--rootdir",
+            str(notebooks),
+            str(notebooks),
+        ],
+        env,
+        notebooks,
+        1200,
     )
     run_seconds = time.monotonic() - started
     assert " passed" in out and "failed" not in out, out[-2000:]

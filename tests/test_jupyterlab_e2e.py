@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from tests.helpers import free_port, pid_gone, wait_until
 from tests.jupyterlab_helpers import (
     VIEWPORT,
     AppView,
@@ -29,7 +30,6 @@ from tests.jupyterlab_helpers import (
     screenshot_on_failure,
     wait_in_browser,
 )
-from tests.kernel_helpers import free_port, pid_gone, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 

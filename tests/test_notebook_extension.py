@@ -9,7 +9,8 @@ from pathlib import Path
 
 import requests
 
-from tests.kernel_helpers import KernelSession, free_port, kernel
+from tests.helpers import free_port
+from tests.kernel_helpers import KernelSession, kernel
 from tests.notebook_apps import release, run_app_cell, slow_app
 
 WAIT = 60.0

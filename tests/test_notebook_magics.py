@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel_helpers import KernelSession, kernel, wait_until
+from tests.helpers import wait_until
+from tests.kernel_helpers import KernelSession, kernel
 
 WAIT = 60.0
 WORKERS = os.cpu_count()

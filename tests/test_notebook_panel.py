@@ -15,15 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel_helpers import (
-    DashClient,
-    KernelSession,
-    PanelRow,
-    free_port,
-    kernel,
-    pid_gone,
-    wait_until,
-)
+from tests.helpers import free_port, pid_gone, wait_until
+from tests.kernel_helpers import DashClient, KernelSession, PanelRow, kernel
 from tests.notebook_apps import (
     STEPS,
     diskcache_app,
