@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
 import nbbg
+from tests.helpers import wait_until
 
 
 def _buttons_layout(*extra):
@@ -99,7 +100,11 @@ def test_example3_cancel_keeps_old_output(dash_duo, manager: nbbg.LokyManager) -
     dash_duo.wait_for_element("#cancel_button_id", timeout=10)
     dash_duo.find_element("#button_id").click()
     dash_duo.wait_for_element("#cancel_button_id:not([disabled])", timeout=10)
-    running = [job for job in manager.jobs() if job.state is nbbg.JobState.RUNNING]
+    # The renderer enables Cancel as it sends the request: wait for the job itself.
+    running = wait_until(
+        lambda: [job for job in manager.jobs() if job.state is nbbg.JobState.RUNNING],
+        what="the job to run",
+    )
     assert len(running) == 1
     dash_duo.find_element("#cancel_button_id").click()
     # The job ends: the button comes back, the old text stays, the job is cancelled.
