@@ -55,6 +55,9 @@ LOGGER = logging.getLogger("nbbg")
 PREWARM_TIMEOUT = 30.0
 """Seconds a prewarming manager waits at most for its workers to be ready."""
 
+MESSAGE_WAIT = 0.05
+"""Seconds a finished job's worker callback waits for its last progress messages."""
+
 MESSAGE_GRACE = 2.0
 """Seconds a finished job waits for its last progress messages before it ends anyway."""
 
@@ -484,15 +487,22 @@ class Engine:
                 events += self._end_job(job, JobState.ERROR, failure)
             else:
                 outcome: _worker.WorkerOutcome = future.result()
-                slot.job_id = None
                 if outcome.kind == "missing_function" and not self._closed:
                     slot.remember_shipped(spec.token)
                     self._start_on(slot, job, _replace_payload(spec, payload), payload)
                     return
                 job.worker_outcome = outcome
                 job.messages_expected = outcome.messages_sent
+                # The job's last progress messages may still be in the reader
+                # thread's hands: give them a moment (the slot stays busy).
+                self._changed.wait_for(
+                    lambda: job.messages_received >= outcome.messages_sent, MESSAGE_WAIT
+                )
+                if slot.generation != generation or slot.job_id != job.id:
+                    return  # cancelled meanwhile: its worker is already replaced
+                slot.job_id = None
                 events += self._maybe_finish(job)
-                if job.state.active:  # its last progress messages are still on the way
+                if job.state.active:  # a message was lost (broken connection)
                     _start_timer(MESSAGE_GRACE, self._finish_overdue, job)
                 self._after_job(slot)
             events += self._dispatch()
@@ -520,6 +530,8 @@ class Engine:
         """Finish a job once its worker is done and all its messages arrived."""
         if job.messages_expected is None or job.messages_received < job.messages_expected:
             return []
+        if self._slot_running(job.id) is not None:
+            return []  # the worker-done callback finishes it once it frees the slot
         if not job.state.active:
             return []
         outcome = job.worker_outcome
@@ -555,6 +567,8 @@ class Engine:
             if job is None:
                 return
             job.messages_received += 1
+            if job.messages_expected is not None:
+                self._changed.notify_all()  # the worker-done callback may be waiting
             events: list[JobEvent] = []
             if job.state.active:
                 if kind == "progress":
