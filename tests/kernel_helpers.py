@@ -1,4 +1,4 @@
-"""Drive a real ipykernel as a notebook front end does, and a Dash app as its renderer does.
+"""Drive a real ipykernel as a notebook front end does (the app itself: ``nbbg.client``).
 
 ::
 
@@ -8,8 +8,7 @@
             outputs per cell, and a WidgetMirror: comm_open (full state),
             comm_msg "update" (deltas), comm_close: the front end's view of every widget
 
-    DashClient ──HTTP──► the app served by the kernel: GET / for _dash-config (endId),
-                         POST /_dash-update-component, then polls with cacheKey/job
+    nbbg.client.DashClient ──HTTP──► the app served by the kernel, as dash-renderer
 
 Every wait is a condition wait with a deadline; nothing sleeps a fixed time
 to synchronise. Only the kernel this module starts is ever stopped.
@@ -17,7 +16,6 @@ to synchronise. Only the kernel this module starts is ever stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -31,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 from jupyter_client.manager import start_new_kernel
 
 from tests.helpers import wait_until
@@ -342,84 +339,3 @@ def kernel(tmp_path: Path) -> Iterator[KernelSession]:
 
 def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
-
-
-# ---------------------------------------------------------------- the Dash app
-@dataclass
-class BackgroundCall:
-    """A background callback started over HTTP: its payload and signed handles."""
-
-    body: dict[str, Any]
-    cache_key: str
-    job: str
-
-
-class DashClient:
-    """Talks to a Dash app as dash-renderer does (one request at a time per callback)."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url.rstrip("/") + "/"
-        self.http = requests.Session()
-        page = self.http.get(self.base_url, timeout=30)
-        page.raise_for_status()
-        found = re.search(
-            r'<script id="_dash-config" type="application/json">(.*?)</script>', page.text, re.S
-        )
-        assert found, "no _dash-config in the page"
-        self.config = json.loads(found.group(1))
-        self.end_id = self.config.get("end_id")
-
-    def _post(self, body: dict[str, Any], args: list[tuple[str, str]]) -> requests.Response:
-        params = ([("endId", self.end_id)] if self.end_id else []) + args
-        return self.http.post(
-            self.base_url + "_dash-update-component", params=params, json=body, timeout=30
-        )
-
-    @staticmethod
-    def payload(output: str, inputs: list[tuple[str, str, Any]]) -> dict[str, Any]:
-        component, prop = output.split(".")
-        return {
-            "output": output,
-            "outputs": {"id": component, "property": prop},
-            "inputs": [{"id": i, "property": p, "value": v} for i, p, v in inputs],
-            "changedPropIds": [f"{i}.{p}" for i, p, _ in inputs],
-            "state": [],
-        }
-
-    def start(
-        self, output: str, inputs: list[tuple[str, str, Any]], args: list[tuple[str, str]] = ()
-    ) -> BackgroundCall:
-        body = self.payload(output, inputs)
-        response = self._post(body, list(args))
-        assert response.status_code == 200, (response.status_code, response.text[:500])
-        handles = response.json()
-        return BackgroundCall(body, handles["cacheKey"], handles["job"])
-
-    def poll(self, call: BackgroundCall) -> tuple[int, dict[str, Any] | None]:
-        """One poll: ``(200, progress or result)``, or ``(204, None)`` once the job ended unread."""
-        body = json.loads(json.dumps(call.body))
-        for item in body["inputs"] + body["state"]:
-            item["value"] = None  # as the renderer sends its polls
-        response = self._post(body, [("cacheKey", call.cache_key), ("job", call.job)])
-        if response.status_code == 204:
-            return 204, None
-        assert response.status_code == 200, (response.status_code, response.text[:2000])
-        return 200, response.json()
-
-    def poll_until_finished(
-        self, call: BackgroundCall, timeout: float = 60, interval: float = 0.1
-    ) -> tuple[int, dict[str, Any] | None]:
-        """Poll like the renderer until a result (``response`` key) or a 204."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status, data = self.poll(call)
-            if status == 204 or (data is not None and "response" in data):
-                return status, data
-            time.sleep(interval)  # the renderer's poll interval, not a synchronisation
-        raise AssertionError(f"the background callback did not finish within {timeout} s")
-
-    def fire(
-        self, output: str, inputs: list[tuple[str, str, Any]], args: list[tuple[str, str]] = ()
-    ) -> int:
-        """A plain callback request (e.g. the hidden cancel callback); its status code."""
-        return self._post(self.payload(output, inputs), list(args)).status_code

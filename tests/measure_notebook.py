@@ -28,12 +28,11 @@ def measure_updates(workdir: Path) -> str:
         session.run("%load_ext nbbg")
         port = free_port()
         _result, panel_id, client = run_app_cell(session, fast_app(port), port)
-        call = client.start("out.children", [("go", "n_clicks", 1)])
-        _status, data = client.poll_until_finished(call)
+        result = client.run("out", {"go": 1}, WAIT)
         session.wait_for(
             lambda: [r.state for r in session.widgets.rows(panel_id)] == ["done"], WAIT, "done"
         )
-        calls, seconds = (float(x) for x in data["response"]["out"]["children"].split())
+        calls, seconds = (float(x) for x in result.value["out"]["children"].split())
         updates = session.read(lambda: list(session.widgets.updates))
         return (
             f"fast progress: {calls / seconds:.0f} set_progress/s -> "
@@ -48,7 +47,7 @@ def measure_cancel(workdir: Path) -> str:
         port = free_port()
         _result, panel_id, client = run_app_cell(session, slow_app(port, workdir), port)
         for n in range(1, CANCEL_TRIALS + 1):
-            client.start("out.children", [("go", "n_clicks", n)])
+            client.submit("out", {"go": n})
             pid = wait_until(lambda n=n: job_pid(workdir, n), WAIT, f"job {n} to start")
             row = session.wait_for(
                 lambda n=n: next(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.kernel_helpers import CellResult, DashClient, KernelSession, Update
+from nbbg.client import DashClient
+from tests.kernel_helpers import CellResult, KernelSession, Update
 
 STEPS = 3000
 
@@ -23,7 +24,7 @@ app.layout = html.Div([html.Button(id="go"), html.Div(id="out"),
 
 @app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
               progress=[Output("bar", "value"), Output("bar", "max")],
-              cancel=[Input("stop", "n_clicks")], prevent_initial_call=True)
+              cancel=[Input("stop", "n_clicks")], prevent_initial_call=True, interval=100)
 def {name}(set_progress, n):
 {body}
 app.run(port={port})
@@ -78,7 +79,7 @@ def run_app_cell(
     open_panels = session.read(lambda: {m.comm_id for m in session.widgets.panels()})
     panels = [i for i in result.widget_ids() if i in open_panels]
     assert len(panels) == 1, f"expected one jobs panel under the app, got {result.outputs}"
-    return result, panels[0], DashClient(f"http://127.0.0.1:{port}/")
+    return result, panels[0], DashClient.open(f"http://127.0.0.1:{port}/")
 
 
 def release(workdir: Path, n: int) -> None:

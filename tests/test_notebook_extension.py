@@ -34,10 +34,9 @@ def _run_one_job(session: KernelSession, tmp_path: Path, n: int) -> None:
     """Serve the slow app, run job ``n`` to the end over HTTP, see it done in the panel."""
     port = free_port()
     _result, panel_id, client = run_app_cell(session, slow_app(port, tmp_path), port)
-    call = client.start("out.children", [("go", "n_clicks", n)])
+    job = client.submit("out", {"go": n})
     release(tmp_path, n)
-    _status, data = client.poll_until_finished(call)
-    assert data["response"] == {"out": {"children": f"done {n}"}}
+    assert client.wait(job, 60).value == {"out": {"children": f"done {n}"}}
     session.wait_for(
         lambda: [r.state for r in session.widgets.rows(panel_id)] == ["done"],
         WAIT,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from nbbg.client import BackgroundJob, DashClient
 from tests.helpers import free_port, pid_gone, wait_until
-from tests.kernel_helpers import DashClient, KernelSession, PanelRow, kernel
+from tests.kernel_helpers import KernelSession, PanelRow, kernel
 from tests.notebook_apps import (
     STEPS,
     diskcache_app,
@@ -53,8 +54,9 @@ class Notebook:
 
         return self.session.wait_for(matching, WAIT, f"job {n}: {what}")
 
-    def start(self, n: int, args: list[tuple[str, str]] = ()):
-        return self.client.start("out.children", [("go", "n_clicks", n)], args)
+    def start(self, n: int, old_jobs: tuple[BackgroundJob, ...] = ()) -> BackgroundJob:
+        """Click ``go`` for the ``n``-th time; ``old_jobs`` go along as ``oldJob``."""
+        return self.client.submit("out", {"go": n}, old_jobs)
 
     def wait_pid(self, n: int) -> int:
         return wait_until(lambda: job_pid(self.workdir, n), WAIT, f"job {n} to start")
@@ -97,8 +99,8 @@ def test_row_appears_running_progress_rises_and_ends_done(notebook: Notebook) ->
     release(notebook.workdir, 1)
     done = notebook.wait_row(1, "done", lambda r: r.state == "done" and r.cancel_id is None)
     assert done.bar_style == "success" and done.state_color == "green"
-    status, data = notebook.client.poll_until_finished(call)
-    assert status == 200 and data["response"] == {"out": {"children": "done 1"}}
+    result = notebook.client.wait(call, WAIT)
+    assert result.outcome == "done" and result.value == {"out": {"children": "done 1"}}
 
 
 def test_cancel_from_widget_stops_only_that_job(notebook: Notebook) -> None:
@@ -114,13 +116,12 @@ def test_cancel_from_widget_stops_only_that_job(notebook: Notebook) -> None:
         1, "cancelled", lambda r: r.state == "cancelled" and r.cancel_id is None
     )
     assert cancelled.bar_style == "warning" and cancelled.state_color == "darkorange"
-    assert notebook.client.poll(calls[1]) == (204, None), "the app's poll must end the job"
+    assert notebook.client.poll(calls[1])[0] == 204, "the app's poll must end the job"
 
     assert not pid_gone(pids[2]), "the other job must keep running"
     assert notebook.row(2).state == "running"
     release(notebook.workdir, 2)
-    _status, data = notebook.client.poll_until_finished(calls[2])
-    assert data["response"] == {"out": {"children": "done 2"}}
+    assert notebook.client.wait(calls[2], WAIT).value == {"out": {"children": "done 2"}}
     notebook.wait_row(2, "done", lambda r: r.state == "done")
 
 
@@ -129,21 +130,19 @@ def test_cancel_from_app_shows_cancelled_in_panel(notebook: Notebook) -> None:
     call = notebook.start(1)
     pid = notebook.wait_pid(1)
     notebook.wait_row(1, "running", lambda r: r.state == "running")
-    status = notebook.client.fire("stop.id", [("stop", "n_clicks", 1)], [("cancelJob", call.job)])
-    assert status in (200, 204)
+    assert notebook.client.cancel(call) in (200, 204)
     notebook.wait_row(1, "cancelled", lambda r: r.state == "cancelled")
     wait_until(lambda: pid_gone(pid), WAIT, "the cancelled job's process to stop")
-    assert notebook.client.poll(call) == (204, None)
+    assert notebook.client.poll(call)[0] == 204
 
     # Re-firing the callback while its job runs: the renderer sends oldJob.
     old = notebook.start(2)
     notebook.wait_row(2, "running", lambda r: r.state == "running")
-    new = notebook.start(3, [("oldJob", old.job)])
+    new = notebook.start(3, old_jobs=(old,))
     notebook.wait_row(2, "cancelled", lambda r: r.state == "cancelled")
     notebook.wait_row(3, "running", lambda r: r.state == "running")
     release(notebook.workdir, 3)
-    _status, data = notebook.client.poll_until_finished(new)
-    assert data["response"] == {"out": {"children": "done 3"}}
+    assert notebook.client.wait(new, WAIT).value == {"out": {"children": "done 3"}}
 
 
 def test_queued_jobs_show_their_place_and_cancel_all_stops_every_job(notebook: Notebook) -> None:
@@ -179,8 +178,7 @@ def test_app_with_its_own_diskcache_manager_keeps_it_and_gets_a_panel(
     call = notebook.start(1)
     notebook.wait_row(1, "running with progress", lambda r: r.state == "running" and r.bar)
     release(notebook.workdir, 1)
-    _status, data = notebook.client.poll_until_finished(call)
-    assert data["response"] == {"out": {"children": "done 1"}}
+    assert notebook.client.wait(call, WAIT).value == {"out": {"children": "done 1"}}
     notebook.wait_row(1, "done", lambda r: r.state == "done")
 
     other = notebook.start(2)
@@ -189,7 +187,7 @@ def test_app_with_its_own_diskcache_manager_keeps_it_and_gets_a_panel(
     notebook.session.click(row.cancel_id)
     notebook.wait_row(2, "cancelled", lambda r: r.state == "cancelled")
     wait_until(lambda: pid_gone(pid), WAIT, "the DiskcacheManager job's process to stop")
-    assert notebook.client.poll(other) == (204, None)
+    assert notebook.client.poll(other)[0] == 204
 
 
 def test_fast_progress_gives_about_ten_widget_updates_a_second(
@@ -198,8 +196,8 @@ def test_fast_progress_gives_about_ten_widget_updates_a_second(
     notebook = open_notebook(fast_app)
     call = notebook.start(1)
     notebook.wait_row(1, "done", lambda r: r.state == "done" and r.cancel_id is None)
-    _status, data = notebook.client.poll_until_finished(call)
-    calls, seconds = (float(x) for x in data["response"]["out"]["children"].split())
+    result = notebook.client.wait(call, WAIT)
+    calls, seconds = (float(x) for x in result.value["out"]["children"].split())
     rate = update_rate(notebook.session.read(lambda: list(notebook.session.widgets.updates)))
 
     print(f"{calls / seconds:.0f} set_progress/s -> {rate:.1f} widget updates/s")
@@ -214,7 +212,7 @@ app = dash.Dash(__name__)
 app.layout = html.Div([html.Button(id="go"), html.Div(id="out"), html.Div(id="status")])
 
 @app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
-              progress=Output("status", "children"), prevent_initial_call=True)
+              progress=Output("status", "children"), prevent_initial_call=True, interval=100)
 def text_job(set_progress, n):
     set_progress(f"step {{n}} of {{n}}")
     return n
@@ -230,8 +228,8 @@ def test_older_finished_jobs_fold_into_a_count_and_text_progress_shows_as_text(
     small = session.run("import nbbg\nnbbg.panel(app, max_rows=2)")
     small_id = small.widget_ids()[0]
     for n in (1, 2, 3, 4):
-        _status, data = notebook.client.poll_until_finished(notebook.start(n))
-        assert data["response"] == {"out": {"children": n}}
+        result = notebook.client.wait(notebook.start(n), WAIT)
+        assert result.value == {"out": {"children": n}}
 
     expected = [
         ("text_job · go.n_clicks=4", "done", "step 4 of 4", None),
