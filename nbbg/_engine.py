@@ -304,11 +304,6 @@ class Engine:
             positions = {job.id: k for k, (job, _, _) in enumerate(self._queued, 1)}
             return [job.snapshot(positions.get(job.id)) for job in self._jobs.values()]
 
-    def result_key(self, job_id: str) -> str | None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return None if job is None else job.result_key
-
     def result(self, job_id: str) -> Any:
         """The stored result of a done job, or ``MISSING`` when it is gone.
 

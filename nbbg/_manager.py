@@ -173,10 +173,7 @@ class LokyManager(BaseBackgroundCallbackManager):
             return None
         if not isinstance(value, (list, tuple)):
             value = [value]
-        problem = _json_problem(value)
-        if problem is not None:
-            failure = JobFailure(str(_bad_progress(self._engine.get(job_id), problem)))
-            self._engine.fail(job_id, failure)
+        if not self._sendable(job_id, value):
             return None
         return list(value)
 
@@ -229,13 +226,23 @@ class LokyManager(BaseBackgroundCallbackManager):
 
     def get_updated_props(self, key: str) -> dict[str, Any]:
         job_id = self._job_for(key)
-        props = self._engine.take_props(job_id) if job_id else {}
-        problem = _json_problem(props) if props else None
-        if job_id and problem is not None:  # else every poll of the app answers 500
-            failure = JobFailure(str(_bad_progress(self._engine.get(job_id), problem)))
-            self._engine.fail(job_id, failure)
+        if job_id is None:
             return {}
-        return props
+        props = self._engine.take_props(job_id)
+        return props if not props or self._sendable(job_id, props) else {}
+
+    def _sendable(self, job_id: str, update: Any) -> bool:
+        """Whether a progress or set_props update can go to the browser as JSON.
+
+        If not, the job ends with a clear error instead: otherwise every poll of
+        the app would answer 500.
+        """
+        problem = _json_problem(update)
+        if problem is None:
+            return True
+        failure = JobFailure(str(_bad_progress(self._engine.get(job_id), problem)))
+        self._engine.fail(job_id, failure)
+        return False
 
     def get_or_create_signing_secret(self, generate: Callable[[], bytes]) -> Any:
         # ``add`` only writes when the key is absent, so concurrent callers agree.
