@@ -11,6 +11,7 @@ from selenium.webdriver.chrome.options import Options
 import nbbg
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.helpers import free_port, pid_gone, wait_until
+from tests.server_thread import ServerThreadRunner
 
 __all__ = ["free_port", "pid_gone", "wait_until", "worker_pids"]
 
@@ -34,12 +35,19 @@ def _dash_duo_port_free_now() -> None:
 
     It counts up from 58050, inside the range the OS hands out for port 0, where
     other tests' servers (and parallel runs) live. A taken port makes its server
-    thread die, and ``dash_duo`` then stops that dead thread by raising
-    SystemExit into whatever thread reuses its id.
+    thread die, and Dash's runner then retries, raising SystemExit into every
+    thread started since.
     """
     from dash.testing.application_runners import BaseDashRunner
 
     BaseDashRunner._next_port = free_port()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def dash_thread_server() -> Iterator[ServerThreadRunner]:
+    """Overrides dash[testing]'s fixture of this name, which ``dash_duo`` uses."""
+    with ServerThreadRunner() as runner:
+        yield runner
 
 
 @pytest.fixture
