@@ -361,6 +361,23 @@ class Engine:
             job.has_undelivered_progress = False
             return True, value
 
+    def awaits_delivery(self, job_id: str) -> bool:
+        """Whether the job is active, or ended done or failed and its outcome
+        has not been marked delivered (``mark_delivered``) yet."""
+        with self._lock:
+            job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+            if job is None:
+                return False
+            ended_with_outcome = job.state in (JobState.DONE, JobState.ERROR)
+            return job.state.active or (ended_with_outcome and not job.outcome_delivered)
+
+    def mark_delivered(self, job_id: str) -> None:
+        """Record that the job's result or error has been handed to its reader."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.outcome_delivered = True
+
     def take_props(self, job_id: str) -> dict[str, dict[str, Any]]:
         """All ``set_props`` updates not yet delivered, merged, at most once."""
         with self._lock:

@@ -88,6 +88,7 @@ class Job:
     undelivered_progress: Any = None
     has_undelivered_progress: bool = False
     undelivered_props: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outcome_delivered: bool = False
     worker_pid: int | None = None
     slot_index: int | None = None
     cache_hit: bool = False

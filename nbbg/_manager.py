@@ -154,8 +154,15 @@ class LokyManager(BaseBackgroundCallbackManager):
             return self._job_by_key.get(key)
 
     def job_running(self, job: Any) -> bool:
-        snapshot = self._engine.get(str(job)) if job is not None else None
-        return snapshot is not None and snapshot.state.active
+        """Whether the browser should keep polling: the job is queued or running,
+        or it has ended and ``get_result`` has not handed its outcome over yet.
+
+        Dash asks ``get_result`` first and ``job_running`` second in one poll. A
+        job ending between the two would otherwise look cancelled: the poll
+        answers 204 and the result never reaches the browser (1 job lost in
+        about 40 000 in the load test).
+        """
+        return job is not None and self._engine.awaits_delivery(str(job))
 
     def terminate_job(self, job: Any) -> None:
         if job is not None:
@@ -188,6 +195,13 @@ class LokyManager(BaseBackgroundCallbackManager):
         snapshot = self._engine.get(str(job)) if job is not None else None
         if snapshot is None:
             return self._cached_result(key)
+        outcome = self._outcome(snapshot, key)
+        if outcome is not self.UNDEFINED:
+            self._engine.mark_delivered(snapshot.id)
+        return outcome
+
+    def _outcome(self, snapshot: JobSnapshot, key: str) -> Any:
+        """What the browser gets for a known job: its result, an error, or ``UNDEFINED``."""
         if snapshot.state is JobState.ERROR:
             return _error_result(snapshot)
         if snapshot.state is not JobState.DONE:

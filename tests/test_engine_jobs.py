@@ -93,6 +93,38 @@ def test_terminate_finished_or_cancelled_job_twice_is_a_no_op(manager: nbbg.Loky
     assert worker_pids(manager) == pids
 
 
+def nap_then_echo(value: str) -> str:
+    time.sleep(0.3)
+    if value == "fail":
+        raise ValueError("asked to fail")
+    return value
+
+
+def test_a_job_ending_inside_one_poll_still_delivers_its_outcome(
+    manager: nbbg.LokyManager,
+) -> None:
+    """One Dash poll asks ``get_result``, then ``job_running``. A job that ends
+    between the two must stay "running" for Dash until a poll hands its outcome
+    over; answering "not running" there makes the poll a 204, which the browser
+    takes for a cancel, and the result is lost."""
+    job_fn = manager.make_job_fn(nap_then_echo, False)
+    for value in ("echo", "fail"):
+        key = f"{value:0>64}"
+        job = manager.call_job_fn(key, job_fn, [value], {})
+        assert manager.get_result(key, job) is manager.UNDEFINED  # the poll's first half
+        wait_until(lambda job=job: not manager.job(job).state.active, what=f"job {value} ends")
+        assert manager.job_running(job) is True, "ended, outcome not yet handed over"
+        outcome = manager.get_result(key, job)  # the next poll
+        if value == "echo":
+            assert outcome == "echo"
+        else:
+            assert "asked to fail" in outcome["background_callback_error"]["msg"]
+        assert manager.job_running(job) is False, "handed over: polling stops"
+    cancelled = manager.call_job_fn("c" * 64, job_fn, ["never"], {})
+    manager.terminate_job(cancelled)
+    assert manager.job_running(cancelled) is False, "a cancelled job has nothing to deliver"
+
+
 def test_worker_killed_mid_job_reports_error_and_next_job_runs(manager: nbbg.LokyManager) -> None:
     victim = manager.submit(sleep_then_return, 30, "victim")
     wait_until(lambda: manager.job(victim).state is nbbg.JobState.RUNNING, what="victim running")
