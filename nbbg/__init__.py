@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._engine.jobs import JobEvent, JobFailure, JobSnapshot, JobState
 from ._errors import (
     BadProgressError,
     JobCancelledError,
@@ -19,20 +20,21 @@ from ._errors import (
     UnreadableResultError,
     WorkerDiedError,
 )
-from ._jobs import JobEvent, JobFailure, JobSnapshot, JobState
 
 if TYPE_CHECKING:
-    from ._engine import Engine, WorkerInfo
-    from ._extension import kernel_manager, load_ipython_extension, unload_ipython_extension
-    from ._legacy import JupyterDash
-    from ._manager import LokyManager
-    from ._panel import JobsPanel, panel
+    from ._dash.manager import LokyManager
+    from ._notebook.extension import (
+        kernel_manager,
+        load_ipython_extension,
+        unload_ipython_extension,
+    )
+    from ._notebook.legacy import JupyterDash
+    from ._notebook.panel import JobsPanel, panel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BadProgressError",
-    "Engine",
     "JobCancelledError",
     "JobEvent",
     "JobFailedError",
@@ -52,7 +54,6 @@ __all__ = [
     "UnpicklableResultError",
     "UnreadableResultError",
     "WorkerDiedError",
-    "WorkerInfo",
     "__version__",
     "kernel_manager",
     "load_ipython_extension",
@@ -60,20 +61,18 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
-# Loaded on first use. Worker processes import nbbg (for nbbg._worker) before
+# Loaded on first use. Worker processes import nbbg (for nbbg._engine.worker) before
 # their initializer starts the owner watchdog and ignores SIGINT: importing Dash
 # (the manager), IPython and ipywidgets (the notebook layer) there would keep a
 # worker of a killed kernel alive, or open to "interrupt kernel", for a second.
 _LAZY_NAMES = {
-    "Engine": "._engine",
-    "WorkerInfo": "._engine",
-    "LokyManager": "._manager",
-    "JobsPanel": "._panel",
-    "panel": "._panel",
-    "JupyterDash": "._legacy",
-    "kernel_manager": "._extension",
-    "load_ipython_extension": "._extension",
-    "unload_ipython_extension": "._extension",
+    "LokyManager": "._dash.manager",
+    "JobsPanel": "._notebook.panel",
+    "panel": "._notebook.panel",
+    "JupyterDash": "._notebook.legacy",
+    "kernel_manager": "._notebook.extension",
+    "load_ipython_extension": "._notebook.extension",
+    "unload_ipython_extension": "._notebook.extension",
 }
 
 

@@ -9,9 +9,9 @@ import pytest
 from selenium.webdriver.chrome.options import Options
 
 import nbbg
-from tests.browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.helpers import free_port, pid_gone, wait_until
-from tests.server_thread import ServerThreadRunner
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.helpers import free_port, pid_gone, wait_until
+from tests.support.server_thread import ServerThreadRunner
 
 __all__ = ["free_port", "pid_gone", "wait_until", "worker_pids"]
 

@@ -1,0 +1,67 @@
+"""How a job's outcome looks to the browser: Dash's error result, and JSON checks.
+
+A failed job becomes ``{"background_callback_error": {"msg", "tb"}}``, which
+Dash shows as the callback's error (and passes to ``on_error``). A value the
+browser cannot receive (not JSON-serialisable) must end the job with an error
+that says so: otherwise every poll of the app would answer 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._engine.jobs import JobSnapshot
+from .._errors import BadProgressError
+from .private import to_json
+
+
+def json_problem(value: Any) -> str | None:
+    """Why ``value`` cannot go to the browser as JSON, or None when it can."""
+    try:
+        to_json(value)
+    except Exception as exc:  # noqa: BLE001 - plotly's encoder raises several types
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def bad_update_error(name: str, problem: str) -> BadProgressError:
+    """A progress or ``set_props`` update the browser cannot receive."""
+    return BadProgressError(name, f"not JSON-serialisable: {problem}")
+
+
+def unsendable_result_message(name: str, problem: str) -> str:
+    return (
+        f"`{name}` returned a value that cannot be sent to the browser "
+        f"({problem}): return plain data (numbers, strings, lists, dicts, figures)"
+    )
+
+
+def missing_result_message(name: str) -> str:
+    return (
+        f"the result of `{name}` is no longer in the store (its directory "
+        "was deleted, or it expired or was evicted): run the callback again"
+    )
+
+
+def error_result(snapshot: JobSnapshot, message: str | None = None) -> dict[str, Any]:
+    """Dash's error answer for a failed job (``message`` overrides the job's own)."""
+    failure = snapshot.failure
+    return {
+        "background_callback_error": {
+            "msg": message or (failure.message if failure else "the job failed"),
+            "tb": (failure.traceback if failure and not message else "") or "",
+        }
+    }
+
+
+def warm_json_encoder() -> None:
+    """Encode one component now, on this thread, before any request thread does.
+
+    Dash's encoder (plotly's, with orjson) meets its first object orjson
+    cannot encode (a child component) and orjson then sets up its numpy
+    support; with orjson 3.8 two request threads doing that at once abort the
+    process (SIGILL): 16 tabs loading the page together killed the kernel.
+    """
+    from dash import html
+
+    to_json(html.Div(html.Div()))

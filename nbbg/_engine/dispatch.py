@@ -1,0 +1,213 @@
+"""The dispatcher: moves jobs between the queue, the slots and their final states.
+
+Every method runs under the engine's lock, changes the job table and the
+slots, and records what it caused in an :class:`Effects`: the events to
+publish, the slots that need a new worker, the jobs forgotten. The engine
+carries those out after it releases the lock (publishing never runs under
+it, and neither does starting a worker process).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .._errors import BadProgressError, WorkerDiedError
+from . import worker
+from .channel import Report, ReportKind
+from .jobs import Job, JobEvent, JobFailure, JobState
+from .slots import Slot, SlotPool
+from .table import JobTable, QueuedJob
+
+MESSAGE_WAIT = 0.05
+"""Seconds a finished job's worker callback waits for its last reports."""
+
+WorkerDone = Callable[[Slot, int, QueuedJob, "Future[Any]"], None]
+
+
+@dataclass
+class Effects:
+    """What one step under the lock caused, to be carried out after it."""
+
+    events: list[JobEvent] = field(default_factory=list)
+    spawn: list[Slot] = field(default_factory=list)
+    forgotten: list[Job] = field(default_factory=list)
+    overdue: list[Job] = field(default_factory=list)
+    """Jobs whose worker is done but whose last report never came (a broken connection)."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        table: JobTable,
+        pool: SlotPool,
+        changed: threading.Condition,
+        on_worker_done: WorkerDone,
+        on_report: Callable[[Report], None] | None = None,
+    ) -> None:
+        self.table = table
+        self.pool = pool
+        self._changed = changed
+        self._on_worker_done = on_worker_done
+        self._on_report = on_report
+
+    # ------------------------------------------------------------ starting
+    def dispatch(self, fx: Effects) -> None:
+        """Start queued jobs on free slots."""
+        started = False
+        while self.table.queued:
+            slot = self.pool.free_slot()
+            if slot is None:
+                break
+            item = self.table.pop_next()
+            assert item is not None
+            if self._start(slot, item, fx):
+                started = True
+                fx.events.append(JobEvent("state", self.table.snapshot(item.job)))
+        if started:
+            fx.events += self.table.queue_events()  # queue positions moved up
+
+    def _start(self, slot: Slot, item: QueuedJob, fx: Effects) -> bool:
+        job, spec = item.job, item.spec
+        if not slot.remember_shipped(spec.token):
+            spec = replace(spec, payload=item.payload)
+        try:
+            future = slot.executor.submit(worker.run_job, spec)
+        except Exception:  # noqa: BLE001 - a broken executor: a new worker, the job goes first
+            self._replace_worker(slot, fx)
+            self.table.push_front(item)
+            return False
+        job.state = JobState.RUNNING
+        job.started_at = job.started_at or time.time()
+        job.worker_pid = slot.worker_pid()
+        slot.job_id = job.id
+        generation = slot.generation
+        future.add_done_callback(lambda done: self._on_worker_done(slot, generation, item, done))
+        return True
+
+    def resend(self, slot: Slot, item: QueuedJob, fx: Effects) -> None:
+        """Run the job again on the same slot, with its function (the worker had dropped it)."""
+        slot.job_id = None
+        slot.remember_shipped(item.spec.token)
+        item = QueuedJob(item.job, replace(item.spec, payload=item.payload), item.payload)
+        if not self._start(slot, item, fx):
+            item.job.state = JobState.QUEUED
+
+    # ------------------------------------------------------------ ending
+    def worker_done(
+        self, slot: Slot, generation: int, item: QueuedJob, future: Future[Any], fx: Effects
+    ) -> None:
+        """The worker's future for ``item`` is done (its done-callback, lock held)."""
+        if slot.generation != generation or slot.job_id != item.job.id:
+            return  # the job was cancelled and its worker replaced
+        job = item.job
+        exc = future.exception()
+        if exc is not None:
+            self.worker_died(job, exc, fx)
+        else:
+            outcome: worker.WorkerOutcome = future.result()
+            if outcome.kind == "missing_function":
+                self.resend(slot, item, fx)
+                return
+            job.worker_outcome = outcome
+            job.messages_expected = outcome.messages_sent
+            # The job's last reports may still be in the reader thread's hands:
+            # give them a moment (the slot stays busy; the lock is released meanwhile).
+            self._changed.wait_for(
+                lambda: job.messages_received >= outcome.messages_sent, MESSAGE_WAIT
+            )
+            if slot.generation != generation or slot.job_id != job.id:
+                return  # cancelled meanwhile: its worker is already replaced
+            self.run_finished(slot, job, fx)
+            if job.state.active:
+                fx.overdue.append(job)
+        self.dispatch(fx)
+        self._changed.notify_all()
+
+    def finish_overdue(self, job: Job, fx: Effects) -> None:
+        """Finish a job whose worker is done but whose last reports never came.
+
+        Only a broken progress connection does that; the job's result is in the
+        store all the same, so the job must not stay "running" for ever.
+        """
+        if job.messages_expected is not None:
+            job.messages_received = max(job.messages_received, job.messages_expected)
+        self.maybe_finish(job, fx)
+        self._changed.notify_all()
+
+    def worker_died(self, job: Job, exc: BaseException, fx: Effects) -> None:
+        detail = worker.describe_exception(exc)
+        self.end(job, JobState.ERROR, JobFailure(str(WorkerDiedError(job.name, detail))), fx)
+
+    def run_finished(self, slot: Slot, job: Job, fx: Effects) -> None:
+        """The worker is done with the job: free its slot, end the job if all its reports came."""
+        slot.job_id = None
+        self.maybe_finish(job, fx)
+        self.after_job(slot, fx)
+
+    def maybe_finish(self, job: Job, fx: Effects) -> None:
+        """Finish a job once its worker is done and all its reports arrived."""
+        if job.messages_expected is None or job.messages_received < job.messages_expected:
+            return
+        if self.pool.running(job.id) is not None:
+            return  # the worker-done callback finishes it once it frees the slot
+        if not job.state.active:
+            return
+        outcome: worker.WorkerOutcome = job.worker_outcome
+        if outcome.kind == "ok":
+            self.end(job, JobState.DONE, None, fx)
+        else:
+            self.end(job, JobState.ERROR, outcome.failure, fx)
+
+    def end(self, job: Job, state: JobState, failure: JobFailure | None, fx: Effects) -> None:
+        """Move an active job to a final state, freeing or replacing its slot."""
+        was_queued = job.state is JobState.QUEUED
+        job.state, job.failure, job.finished_at = state, failure, time.time()
+        if was_queued:
+            self.table.unqueue(job)
+        else:
+            slot = self.pool.running(job.id)
+            if slot is not None:
+                # Cancelled, failed from outside, or died: the worker is not reusable.
+                self._replace_worker(slot, fx)
+        fx.events.append(JobEvent("state", self.table.snapshot(job)))
+        if was_queued:
+            fx.events += self.table.queue_events()
+
+    def after_job(self, slot: Slot, fx: Effects) -> None:
+        if slot.retiring:
+            self.pool.retire_idle()
+        elif slot.needs_restart:
+            self._replace_worker(slot, fx)
+
+    def _replace_worker(self, slot: Slot, fx: Effects) -> None:
+        slot.kill()
+        if slot.retiring:
+            self.pool.retire_idle()
+        else:
+            fx.spawn.append(slot)
+
+    # ------------------------------------------------------------ reports
+    def report(self, report: Report, fx: Effects) -> Job | None:
+        """Take one report from a job's worker; return the job (None if forgotten)."""
+        job = self.table.get(report.job_id)
+        if job is None:
+            return None
+        job.messages_received += 1
+        if job.state.active:
+            if report.kind is ReportKind.BAD_PROGRESS:
+                failure = JobFailure(str(BadProgressError(job.name, report.payload)))
+                self.end(job, JobState.ERROR, failure, fx)
+                self.dispatch(fx)
+            else:
+                if self._on_report is not None:
+                    self._on_report(report)
+                if report.kind is ReportKind.PROGRESS:
+                    job.progress = report.payload
+                    fx.events.append(JobEvent("progress", self.table.snapshot(job)))
+        self.maybe_finish(job, fx)
+        return job

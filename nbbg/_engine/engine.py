@@ -1,0 +1,427 @@
+"""The engine: a FIFO queue in front of N slots, a job table, events out.
+
+::
+
+    submit() ──► JobTable.queued ──► Dispatcher ──► free Slot ──► loky worker: run_job
+                     ▲                      │                          │     │
+    cancel() ────────┘ drop if queued,      │                          │     └─ result ─► store
+                       else kill the slot ──┤ (its new worker          │
+                                            │  starts off the lock)    └─ Report ─► listener
+    JobTable ◄── state changes, reports ────┘
+        └──► subscribers (JobEvent), wait(), jobs()
+
+It knows nothing of Dash or widgets. The table, the slots and the dispatcher
+are guarded by one lock; what a step under the lock caused (events, workers
+to start, jobs forgotten) is carried out after the lock is released.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pickle
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import cloudpickle
+import diskcache
+
+from .._errors import (
+    JobCancelledError,
+    JobFailedError,
+    NbbgError,
+    ShutdownError,
+    UnknownJobError,
+    UnpicklableArgumentsError,
+)
+from . import worker
+from .channel import ProgressListener, Report
+from .dispatch import Dispatcher, Effects
+from .events import EngineHooks, EventHub, Subscriber
+from .jobs import Job, JobEvent, JobFailure, JobSnapshot, JobState
+from .shipping import FunctionRegistry
+from .slots import Slot, SlotPool, StartedWorker, WorkerInfo, start_worker
+from .store import MISSING, read_result
+from .table import JobTable, QueuedJob
+
+PREWARM_TIMEOUT = 30.0
+"""Seconds a prewarming manager waits at most for its workers to be ready."""
+
+MESSAGE_GRACE = 2.0
+"""Seconds a finished job waits for its last reports before it ends anyway."""
+
+HISTORY = 1000
+"""Collected finished jobs remembered (``jobs()``, the panel); uncollected ones are all kept."""
+
+
+class Engine:
+    """Runs callables in warm loky workers, at most ``max_workers`` at a time."""
+
+    def __init__(
+        self,
+        store: diskcache.Cache,
+        max_workers: int | None = None,
+        *,
+        prewarm: bool = True,
+        warm_modules: tuple[str, ...] = (),
+        history: int = HISTORY,
+        hooks: EngineHooks | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        _check_worker_count(max_workers)
+        self.store = store
+        self._hooks = hooks
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._events = EventHub()
+        self._functions = FunctionRegistry()
+        self._closed = False
+        self._listener = ProgressListener(self._on_report)
+        self._initargs = (os.getpid(), self._listener.address, self._listener.authkey)
+        self._warm_up_args = (warm_modules, store.directory)
+        self._table = JobTable(history)
+        self._pool = SlotPool(max_workers)
+        self._dispatcher = Dispatcher(
+            self._table,
+            self._pool,
+            self._changed,
+            self._on_worker_done,
+            hooks.reported if hooks is not None else None,
+        )
+        if prewarm:
+            for slot in self._pool.grow():
+                slot.attach(self._start_worker())
+            self._wait_until_warm(PREWARM_TIMEOUT)
+        atexit.register(_shutdown_if_alive, weakref.ref(self))
+
+    # ---------------------------------------------------------------- workers
+    def _start_worker(self) -> StartedWorker:
+        return start_worker(self._initargs, self._warm_up_args)
+
+    def _wait_until_warm(self, timeout: float) -> None:
+        """Return once every worker has started and imported what jobs need.
+
+        So the first click after the app starts runs at warm speed. The workers
+        start in parallel (~0.5 s on 2 cores); a slow one is waited for at most
+        ``timeout`` s, then jobs simply queue until it is up.
+        """
+        deadline = time.monotonic() + timeout
+        for slot in list(self._pool.slots):
+            slot.wait_warm(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def max_workers(self) -> int:
+        return self._pool.target
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            return self._pool.workers()
+
+    def resize(self, max_workers: int) -> None:
+        """Change the number of workers; busy workers beyond it finish their job first."""
+        _check_worker_count(max_workers)
+        fx = Effects()
+        with self._lock:
+            self._ensure_open()
+            self._pool.resize(max_workers)
+            fx.spawn += self._pool.grow()
+            self._dispatcher.dispatch(fx)
+        self._carry_out(fx)
+
+    def restart(self) -> None:
+        """Fresh workers (e.g. after editing an imported module); running jobs finish first."""
+        fx = Effects()
+        with self._lock:
+            self._ensure_open()
+            self._functions.clear()
+            for slot in self._pool.slots:
+                if slot.busy:
+                    slot.needs_restart = True
+                elif slot.has_worker:
+                    slot.kill()
+                    fx.spawn.append(slot)
+        self._carry_out(fx)
+
+    # ---------------------------------------------------------------- jobs
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        call: Any,
+        *,
+        name: str | None = None,
+        label: str = "",
+        origin: Any = None,
+        runner: worker.Runner = worker.call_plain,
+        result_key: str | None = None,
+        expire: float | None = None,
+    ) -> str:
+        """Queue ``runner(fn, reporter, call)`` in a worker; return the job id.
+
+        ``result_key`` names a shared store entry (a ``cache_by`` key, kept
+        ``expire`` s); without it the result gets a key of the job's own, kept
+        ``RESULT_TTL`` s. ``origin`` is kept in the job's snapshots. Raises
+        ``UnpicklableCallbackError`` / ``UnpicklableArgumentsError`` at once
+        when ``fn`` or ``call`` cannot be sent to a worker.
+        """
+        name = name or str(getattr(fn, "__name__", type(fn).__name__))
+        self._ensure_open()
+        shipped = self._functions.ship(fn, name)
+        try:
+            args_payload = cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise UnpicklableArgumentsError(name, exc) from exc
+        item = QueuedJob.new(
+            name,
+            label,
+            origin,
+            runner,
+            args_payload,
+            shipped,
+            self.store.directory,
+            result_key,
+            expire,
+        )
+        fx = Effects()
+        with self._lock:
+            self._ensure_open()
+            fx.spawn += self._pool.grow()  # the first job of a manager that did not prewarm
+            fx.events.append(self._table.add(item.job, item))
+            self._dispatcher.dispatch(fx)
+            fx.forgotten += self._table.sweep()
+        self._carry_out(fx)
+        return item.job.id
+
+    def add_finished(self, name: str, label: str, result_key: str, origin: Any = None) -> str:
+        """Record a job answered from the cache without running (a cache hit)."""
+        return self._add_ended(Job.ended(name, label, result_key, JobState.DONE, None, origin))
+
+    def add_failed(self, name: str, label: str, failure: JobFailure, origin: Any = None) -> str:
+        """Record a job that failed before it could be queued (bad input)."""
+        return self._add_ended(Job.ended(name, label, "", JobState.ERROR, failure, origin))
+
+    def _add_ended(self, job: Job) -> str:
+        fx = Effects()
+        with self._lock:
+            fx.events.append(self._table.add(job))
+            fx.forgotten += self._table.sweep()
+            self._changed.notify_all()
+        self._carry_out(fx)
+        return job.id
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a queued or running job; False (and no effect) for any other id."""
+        fx = Effects()
+        with self._lock:
+            job = self._table.get(job_id)
+            if job is None or not job.state.active:
+                return False
+            self._dispatcher.end(job, JobState.CANCELLED, None, fx)
+            self._dispatcher.dispatch(fx)
+            self._changed.notify_all()
+        self._carry_out(fx)
+        return True
+
+    def cancel_all(self) -> int:
+        with self._lock:
+            active = [job.id for job in self._table.active()]
+        return sum(self.cancel(job_id) for job_id in active)
+
+    def fail(self, job_id: str, failure: JobFailure) -> None:
+        """End an active job with ``failure``; mark a done job as failed."""
+        fx = Effects()
+        with self._lock:
+            job = self._table.get(job_id)
+            if job is None:
+                return
+            if job.state.active:
+                self._dispatcher.end(job, JobState.ERROR, failure, fx)
+                self._dispatcher.dispatch(fx)
+            elif job.state is JobState.DONE:
+                job.state, job.failure = JobState.ERROR, failure
+                fx.events.append(JobEvent("state", self._table.snapshot(job)))
+            self._changed.notify_all()
+        self._carry_out(fx)
+
+    def get(self, job_id: str) -> JobSnapshot | None:
+        with self._lock:
+            job = self._table.get(job_id)
+            return None if job is None else self._table.snapshot(job)
+
+    def jobs(self) -> list[JobSnapshot]:
+        """All remembered jobs, oldest first."""
+        with self._lock:
+            return self._table.snapshots()
+
+    def result(self, job_id: str) -> Any:
+        """The stored result of a done job (now counted as collected), or ``MISSING``.
+
+        A result that cannot be read fails the job (so the panel agrees with
+        the app) and raises ``StoreError`` or ``UnreadableResultError``.
+        """
+        with self._lock:
+            job = self._table.get(job_id)
+            if job is None or not job.result_key:
+                return MISSING
+            key, name = job.result_key, job.name
+        try:
+            value = read_result(self.store, key, name)
+        except NbbgError as exc:
+            self.fail(job_id, JobFailure(str(exc)))
+            self.mark_collected(job_id)
+            raise
+        self.mark_collected(job_id)
+        return value
+
+    def awaits_collection(self, job_id: str) -> bool:
+        """Whether the job is active, or ended done or failed and its outcome
+        has not been collected (``result``, ``wait``, ``mark_collected``) yet."""
+        with self._lock:
+            job = self._table.get(job_id)
+            return job is not None and job.awaits_collection
+
+    def mark_collected(self, job_id: str) -> None:
+        """Record that the job's result or error has been handed to its reader."""
+        with self._lock:
+            job = self._table.get(job_id)
+            if job is not None:
+                job.collected = True
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Block until the job ends; return its result or raise why it did not."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            job = self._table.get(job_id)
+            if job is None:
+                raise UnknownJobError(job_id)
+            while job.state.active:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"job {job_id} ({job.name}) still {job.state.value} after {timeout} s"
+                    )
+                self._changed.wait(remaining)
+            state, failure = job.state, job.failure
+            if state is not JobState.DONE:
+                job.collected = True
+        if state is JobState.CANCELLED:
+            raise JobCancelledError(job_id)
+        if state is JobState.ERROR:
+            assert failure is not None
+            raise JobFailedError(job_id, failure.message, failure.traceback)
+        try:
+            value = self.result(job_id)
+        except NbbgError as exc:
+            raise JobFailedError(job_id, str(exc)) from exc
+        if value is MISSING:
+            raise JobFailedError(
+                job_id, "the result is no longer in the store (expired or evicted)"
+            )
+        return value
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber(event)`` on every state change and progress report.
+
+        It runs on an engine thread: keep it short and never print from it.
+        Returns a function that unsubscribes.
+        """
+        return self._events.subscribe(subscriber)
+
+    def shutdown(self) -> None:
+        """Cancel every job and stop every worker. Safe to call more than once."""
+        fx = Effects()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for job in list(self._table.active()):
+                self._dispatcher.end(job, JobState.CANCELLED, None, fx)
+            self._pool.close()
+            fx.spawn.clear()
+            self._changed.notify_all()
+        self._listener.close()
+        self._carry_out(fx)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---------------------------------------------------------------- internals
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise ShutdownError()
+
+    def _on_worker_done(
+        self, slot: Slot, generation: int, item: QueuedJob, future: Future[Any]
+    ) -> None:
+        fx = Effects()
+        with self._lock:
+            self._dispatcher.worker_done(slot, generation, item, future, fx)
+        self._carry_out(fx)
+
+    def _finish_overdue(self, job: Job) -> None:
+        fx = Effects()
+        with self._lock:
+            self._dispatcher.finish_overdue(job, fx)
+        self._carry_out(fx)
+
+    def _on_report(self, report: Report) -> None:
+        fx = Effects()
+        with self._lock:
+            job = self._dispatcher.report(report, fx)
+            if job is not None and job.messages_expected is not None:
+                self._changed.notify_all()  # the worker-done callback may be waiting
+        self._carry_out(fx)
+
+    def _carry_out(self, fx: Effects) -> None:
+        """Do what a step under the lock caused, with the lock released."""
+        for job in fx.overdue:
+            timer = threading.Timer(MESSAGE_GRACE, self._finish_overdue, (job,))
+            timer.daemon = True
+            timer.start()
+        if fx.forgotten:
+            self._drop_results(fx.forgotten)
+        if fx.spawn:
+            threading.Thread(
+                target=self._respawn, args=(list(fx.spawn),), name="nbbg-spawn", daemon=True
+            ).start()
+        self._events.publish(fx.events)
+
+    def _respawn(self, slots: list[Slot]) -> None:
+        """Give each slot a new worker, then start queued jobs on them."""
+        for slot in slots:
+            started = self._start_worker()
+            with self._lock:
+                if self._closed or slot.has_worker or slot not in self._pool.slots:
+                    started.discard()
+                    continue
+                slot.attach(started)
+        fx = Effects()
+        with self._lock:
+            if not self._closed:
+                self._dispatcher.dispatch(fx)
+        self._carry_out(fx)
+
+    def _drop_results(self, forgotten: list[Job]) -> None:
+        for job in forgotten:
+            if job.owns_result:
+                with contextlib.suppress(Exception):  # the store may be gone; expiry cleans up
+                    self.store.delete(job.result_key)
+        if self._hooks is not None:
+            self._hooks.forgotten([job.id for job in forgotten])
+
+
+def _shutdown_if_alive(engine_ref: weakref.ref[Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.shutdown()
+
+
+def _check_worker_count(max_workers: int) -> None:
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+        raise ValueError(f"max_workers must be a whole number of at least 1, not {max_workers!r}")

@@ -1,0 +1,150 @@
+"""The job model: states, snapshots and events (read by every layer), and the engine's record.
+
+A job moves ``queued -> running -> done | error | cancelled`` (a cancelled or
+failed job may skip ``running``). Snapshots are immutable copies handed to
+callers and subscribers, so nothing outside the engine holds its lock.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        """True while the job waits or runs (Dash calls that "running")."""
+        return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """Why a job ended in ``error``: a message for people and a traceback."""
+
+    message: str
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """What a job looks like at one moment."""
+
+    id: str
+    name: str
+    label: str
+    state: JobState
+    progress: Any
+    queue_position: int | None
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    failure: JobFailure | None
+    worker_pid: int | None
+    cache_hit: bool = False
+    origin: Any = None
+    """Who submitted the job, as the submitter described it (the Dash adapter: which app)."""
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds spent running (so far, or in total once finished)."""
+        if self.started_at is None:
+            return 0.0
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return max(0.0, end - self.started_at)
+
+
+EventKind = Literal["state", "progress"]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Sent to subscribers when a job changes state or reports progress."""
+
+    kind: EventKind
+    job: JobSnapshot
+
+
+@dataclass
+class Job:
+    """The engine's mutable record of one job (guarded by the engine lock)."""
+
+    id: str
+    name: str
+    label: str
+    result_key: str
+    """Where the worker stores the result ("" for a job that never runs)."""
+    owns_result: bool = False
+    """The result key is the job's own (deleted with the job), not a ``cache_by`` entry."""
+    origin: Any = None
+    submitted_at: float = field(default_factory=time.time)
+    state: JobState = JobState.QUEUED
+    started_at: float | None = None
+    finished_at: float | None = None
+    failure: JobFailure | None = None
+    progress: Any = None
+    collected: bool = False
+    """Whether the job's outcome (result or error) has been handed to a reader."""
+    worker_pid: int | None = None
+    cache_hit: bool = False
+    messages_received: int = 0
+    messages_expected: int | None = None
+    worker_outcome: Any = None
+
+    @classmethod
+    def ended(
+        cls,
+        name: str,
+        label: str,
+        result_key: str,
+        state: JobState,
+        failure: JobFailure | None = None,
+        origin: Any = None,
+    ) -> Job:
+        """A job that ended the moment it was recorded (a cache hit, or bad input)."""
+        now = time.time()
+        return cls(
+            uuid.uuid4().hex,
+            name,
+            label,
+            result_key,
+            origin=origin,
+            state=state,
+            started_at=now,
+            finished_at=now,
+            failure=failure,
+            cache_hit=state is JobState.DONE,
+        )
+
+    @property
+    def awaits_collection(self) -> bool:
+        """Active, or ended with an outcome (done, error) nobody has collected yet."""
+        if self.state.active:
+            return True
+        return self.state in (JobState.DONE, JobState.ERROR) and not self.collected
+
+    def snapshot(self, queue_position: int | None = None) -> JobSnapshot:
+        return JobSnapshot(
+            id=self.id,
+            name=self.name,
+            label=self.label,
+            state=self.state,
+            progress=self.progress,
+            queue_position=queue_position,
+            submitted_at=self.submitted_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            failure=self.failure,
+            worker_pid=self.worker_pid,
+            cache_hit=self.cache_hit,
+            origin=self.origin,
+        )

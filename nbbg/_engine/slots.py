@@ -1,0 +1,224 @@
+"""Slots: one single-worker loky executor each, killed and replaced on cancel.
+
+loky cannot cancel a running task, and killing a worker of a shared pool
+fails every future of that pool. With one executor per slot, cancelling a job
+kills only its own worker; a fresh executor (prewarmed) takes the slot.
+
+Replacing a worker has two halves: :meth:`Slot.kill` (SIGKILL, instant, done
+under the engine's lock so no message of the old job is taken for the new
+one) and :func:`start_worker` (fork + exec, 10-20 ms, done by the engine after
+it releases its lock, so cancel requests and polls never wait for it), whose
+worker the engine then gives the slot with :meth:`Slot.attach`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing import resource_tracker
+from typing import Any
+
+from loky import ProcessPoolExecutor
+
+from . import worker
+
+
+@dataclass(frozen=True)
+class StartedWorker:
+    """A single-worker executor and the future of its warm-up."""
+
+    executor: ProcessPoolExecutor
+    warming: Future[Any]
+
+    def discard(self) -> None:
+        _shutdown_in_background(self.executor)
+
+
+def start_worker(initargs: tuple[Any, ...], warm_up_args: tuple[Any, ...]) -> StartedWorker:
+    """Start a worker process and its warm-up (never under the engine's lock)."""
+    executor = ProcessPoolExecutor(max_workers=1, initializer=worker.initialize, initargs=initargs)
+    # The first submit spawns the worker (fork + exec) from this thread.
+    # Spawn it with SIGINT blocked, so an "interrupt kernel" that reaches
+    # the process group before the initializer ignores SIGINT cannot kill it.
+    # Start multiprocessing's resource tracker first: the spawn needs it, and
+    # starting it unblocks SIGINT in this thread, undoing the mask.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        warming = executor.submit(worker.warm_up, *warm_up_args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return StartedWorker(executor, warming)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One slot's worker as ``workers()`` reports it."""
+
+    slot: int
+    pid: int | None
+    job_id: str | None
+
+
+class Slot:
+    """One worker process that runs one job at a time.
+
+    It has no worker between :meth:`kill` and :meth:`attach`: it is then
+    neither free nor busy, only waiting for its new worker.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.generation = 0
+        self.job_id: str | None = None
+        self.retiring = False
+        self.needs_restart = False
+        self.shipped_tokens: OrderedDict[int, None] = OrderedDict()
+        self._worker: StartedWorker | None = None
+
+    def attach(self, started: StartedWorker) -> None:
+        """Give the slot its new worker (under the engine's lock)."""
+        self._worker = started
+
+    @property
+    def has_worker(self) -> bool:
+        return self._worker is not None
+
+    @property
+    def executor(self) -> ProcessPoolExecutor:
+        if self._worker is None:
+            raise RuntimeError(f"slot {self.index} has no worker yet")
+        return self._worker.executor
+
+    @property
+    def busy(self) -> bool:
+        return self.job_id is not None
+
+    @property
+    def free(self) -> bool:
+        """Ready to take a job: it has a worker, no job, and is staying."""
+        return self._worker is not None and not self.busy and not self.retiring
+
+    def wait_warm(self, timeout: float) -> bool:
+        """Block until the worker is warm (or ``timeout`` s pass); True if it is."""
+        if self._worker is None:
+            return False
+        try:
+            self._worker.warming.result(timeout)
+        except Exception:  # noqa: BLE001 - a worker that failed to start shows up at its first job
+            return False
+        return True
+
+    @property
+    def warm(self) -> bool:
+        """Whether the worker has started and imported what jobs need."""
+        return self._worker is not None and self._worker.warming.done()
+
+    def worker_pid(self) -> int | None:
+        if self._worker is None:
+            return None
+        # loky keeps its workers in ``_processes`` (pid -> process).
+        pids = list(getattr(self._worker.executor, "_processes", {}))
+        return pids[0] if pids else None
+
+    def remember_shipped(self, token: int) -> bool:
+        """Record that the worker now holds ``token``; True if it already did.
+
+        Mirrors the worker's LRU cache (same size, same order of use), so the
+        kernel knows when it must send the function's payload again.
+        """
+        known = token in self.shipped_tokens
+        self.shipped_tokens[token] = None
+        self.shipped_tokens.move_to_end(token)
+        while len(self.shipped_tokens) > worker.FUNCTION_CACHE_SIZE:
+            self.shipped_tokens.popitem(last=False)
+        return known
+
+    def kill(self) -> int | None:
+        """SIGKILL the worker and forget its job; return its pid. :meth:`attach` follows."""
+        old_worker, old_pid = self._worker, self.worker_pid()
+        if old_pid is not None:
+            _kill(old_pid)
+        self.generation += 1
+        self.job_id = None
+        self.needs_restart = False
+        self.shipped_tokens.clear()
+        self._worker = None
+        if old_worker is not None:
+            old_worker.discard()
+        return old_pid
+
+
+class SlotPool:
+    """The slots of one engine: how many, which is free, which runs what.
+
+    Not thread-safe on its own: the engine calls it under its lock.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.slots: list[Slot] = []
+
+    def grow(self) -> list[Slot]:
+        """Add slots up to the target; return them (they need a worker each)."""
+        added = []
+        while len(self.slots) < self.target:
+            slot = Slot(len(self.slots))
+            self.slots.append(slot)
+            added.append(slot)
+        return added
+
+    def resize(self, target: int) -> None:
+        """Slots beyond ``target`` retire (busy ones after their job)."""
+        self.target = target
+        for index, slot in enumerate(self.slots):
+            slot.retiring = index >= target
+        self.retire_idle()
+
+    def retire_idle(self) -> None:
+        kept = []
+        for slot in self.slots:
+            if slot.retiring and not slot.busy:
+                slot.kill()
+            else:
+                kept.append(slot)
+        for index, slot in enumerate(kept):
+            slot.index = index
+        self.slots = kept
+
+    def free_slot(self) -> Slot | None:
+        """A free slot, preferring a warm one: a slot just respawned after a
+        cancel is still starting its worker while another may sit idle."""
+        free = [slot for slot in self.slots if slot.free]
+        return next((slot for slot in free if slot.warm), free[0] if free else None)
+
+    def running(self, job_id: str) -> Slot | None:
+        return next((slot for slot in self.slots if slot.job_id == job_id), None)
+
+    def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo(slot.index, slot.worker_pid(), slot.job_id) for slot in self.slots]
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.kill()
+        self.slots = []
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _shutdown_in_background(executor: ProcessPoolExecutor) -> None:
+    # loky's shutdown joins its manager thread; never make the caller wait.
+    threading.Thread(
+        target=executor.shutdown,
+        kwargs={"wait": True, "kill_workers": True},
+        name="nbbg-retire-worker",
+        daemon=True,
+    ).start()

@@ -1,0 +1,191 @@
+"""The result store: a ``diskcache.Cache`` shared by the kernel and its workers.
+
+Workers write each job's pickled result under the job's result key; the
+kernel reads it when Dash (or ``wait()``) asks. ``cache_by`` entries live here
+too, so they survive a kernel restart when the same directory is used.
+
+A :class:`Store` (what nbbg opens for a directory) outlives its files: when the
+directory or its database is deleted or replaced during a run, every process
+reopens it (recreated private) at its next use; a corrupt database is set
+aside as ``cache.db.corrupt`` after the error it caused, so the next job starts
+on a fresh one. A ``diskcache.Cache`` passed in by the user is used as is.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import diskcache
+from diskcache.core import DBNAME
+
+from .._errors import StoreError, UnreadableResultError
+
+DEFAULT_SIZE_LIMIT = 2**30
+"""1 GiB: diskcache evicts the least recently stored entries beyond it."""
+
+
+def default_store_directory() -> Path:
+    """``$XDG_CACHE_HOME/nbbg/store`` (``~/.cache/nbbg/store``), private to the user."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nbbg" / "store"
+
+
+def _make_private_directory(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(directory, 0o700)
+
+
+def _database_identity(directory: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(os.path.join(directory, DBNAME))
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+class Store(diskcache.Cache):
+    """A ``diskcache.Cache`` that reopens itself when its database file is gone or replaced.
+
+    diskcache keeps one SQLite connection per thread; after ``rm -rf`` of the
+    directory those connections still work on the deleted file, while new
+    threads (each Dash request) fail, and the worker that writes the next
+    large result recreates the directory world-readable. So every connection
+    lookup compares the file on disk with the one opened (one ``stat``) and,
+    when they differ, recreates the directory with mode 0700 and reopens:
+    all threads then reconnect.
+    """
+
+    def __init__(self, directory: str, **settings: Any) -> None:
+        self._reopen_lock = threading.Lock()
+        self._settings = settings
+        self._opening_thread: int | None = None
+        self._identity: tuple[int, int] | None = None
+        if not os.path.isdir(directory):  # never change the mode of an existing one
+            _make_private_directory(Path(directory))
+        self._open_replacing_corrupt(directory)
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        if (
+            self._opening_thread != threading.get_ident()
+            and _database_identity(self.directory) != self._identity
+        ):
+            self._reopen()
+        return super()._con  # type: ignore[no-any-return]
+
+    def _reopen(self) -> None:
+        with self._reopen_lock:
+            if _database_identity(self.directory) == self._identity:
+                return  # another thread reopened it
+            _make_private_directory(Path(self.directory))
+            self._open_replacing_corrupt(self.directory)
+
+    def _open_replacing_corrupt(self, directory: str) -> None:
+        found = _database_identity(directory)
+        try:
+            self._open(directory)
+        except sqlite3.DatabaseError as error:
+            if not _is_corruption(error):
+                raise
+            _set_aside(directory, found)
+            self._open(directory)
+
+    def _open(self, directory: str) -> None:
+        self._opening_thread = threading.get_ident()
+        try:  # diskcache's __init__ makes fresh per-thread connections and the tables
+            super().__init__(directory, **self._settings)
+        finally:
+            self._opening_thread = None
+        self._identity = _database_identity(directory)
+
+    def set(self, key: Any, value: Any, *args: Any, **kwargs: Any) -> bool:
+        self._con  # noqa: B018 - reopen before a large value is written as a file
+        return bool(super().set(key, value, *args, **kwargs))
+
+    def recover(self, error: BaseException) -> None:
+        """After ``error`` from an operation: set a corrupt database aside and reopen."""
+        if not _is_corruption(error):
+            return
+        with self._reopen_lock:
+            _set_aside(self.directory, self._identity)
+        self._reopen()
+
+
+def _set_aside(directory: str, identity: tuple[int, int] | None) -> None:
+    """Rename the database to ``cache.db.corrupt`` if it is still the damaged one."""
+    if identity is None or _database_identity(directory) != identity:
+        return  # gone, or already replaced by this or another process
+    database = os.path.join(directory, DBNAME)
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.replace(database + suffix, f"{database}.corrupt{suffix}")
+        except OSError:
+            continue
+
+
+def _is_corruption(error: BaseException) -> bool:
+    # OperationalError ("database is locked", ...) subclasses DatabaseError: only
+    # the plain class means the file itself is damaged.
+    return type(error) is sqlite3.DatabaseError
+
+
+def recover_store(store: diskcache.Cache, error: BaseException) -> None:
+    """Let a :class:`Store` recover from ``error``; a user's own cache is left alone."""
+    if isinstance(store, Store):
+        store.recover(error)
+
+
+def open_store(cache: diskcache.Cache | str | os.PathLike[str] | None) -> diskcache.Cache:
+    """A ``diskcache.Cache`` from what the user passed (see ``LokyManager``)."""
+    if isinstance(cache, diskcache.Cache):
+        return cache
+    if isinstance(cache, diskcache.FanoutCache):
+        raise TypeError(
+            "LokyManager(cache=...) takes a diskcache.Cache or a directory path, "
+            "not a FanoutCache: pass diskcache.Cache(directory) or the directory"
+        )
+    if cache is None:
+        directory = default_store_directory()
+        _make_private_directory(directory)
+    elif isinstance(cache, (str, os.PathLike)):
+        directory = Path(cache)
+        _make_private_directory(directory)
+    else:
+        raise TypeError(
+            f"LokyManager(cache=...) takes a diskcache.Cache or a directory path, "
+            f"not {type(cache).__name__}"
+        )
+    try:
+        return Store(str(directory), size_limit=DEFAULT_SIZE_LIMIT)
+    except Exception as exc:
+        raise StoreError(str(directory), exc) from exc
+
+
+MISSING = object()
+
+
+def read_result(store: diskcache.Cache, key: str, name: str = "the callback") -> Any:
+    """The unpickled value stored under ``key``, or ``MISSING``.
+
+    Raises ``StoreError`` when the store cannot be read and
+    ``UnreadableResultError`` when the value cannot be rebuilt here.
+    """
+    try:
+        data = store.get(key, MISSING)
+    except Exception as exc:
+        recover_store(store, exc)
+        raise StoreError(store.directory, exc) from exc
+    if data is MISSING:
+        return MISSING
+    try:
+        return pickle.loads(data)
+    except Exception as exc:  # the value's own __reduce__ may raise anything
+        raise UnreadableResultError(name, exc) from exc

@@ -1,0 +1,109 @@
+"""``%load_ext nbbg``: a warm worker pool for the kernel's Dash apps, shown under each app.
+
+Loading the extension:
+
+- creates the kernel's ``LokyManager`` (workers start now) and makes it the
+  manager of every ``dash.Dash()`` created afterwards without one, through a
+  ``dash.hooks.setup`` hook. Dash hooks cannot be removed, so the hook is
+  registered once per process and does nothing while the extension is
+  unloaded. An app that names its own manager keeps it (a Dash manager is
+  watched, so its jobs show in the panel);
+- wraps Dash's notebook runner (see ``inline``): inline by default, free
+  ports, JupyterHub, and the app's jobs panel shown under it;
+- makes ``from jupyter_dash import JupyterDash`` work (see ``legacy``) and
+  adds the ``%nbbg`` magic.
+
+``%unload_ext nbbg`` undoes each change, closes the panels and stops the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import dash
+
+from .._dash.manager import LokyManager
+from .._dash.private import background_manager, jupyter_runner, set_background_manager
+from . import legacy, magics
+from .inline import wrap_run_app
+from .panel import JobsPanel, close_all_panels, panel
+from .patching import patch_attribute
+from .sources import release_watches, watch
+
+
+@dataclass
+class _Loaded:
+    manager: LokyManager
+    undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    panels: dict[tuple[str, int], JobsPanel] = field(default_factory=dict)
+    """The panel shown under the app served at each address (replaced when the cell runs again)."""
+
+    def show_panel(self, app: dash.Dash, address: tuple[str, int]) -> None:
+        from IPython.display import display
+
+        previous = self.panels.pop(address, None)
+        if previous is not None:
+            previous.close()
+        self.panels[address] = shown = panel(app)
+        display(shown)
+
+
+_loaded: _Loaded | None = None
+_hook_registered = False
+
+
+def kernel_manager() -> LokyManager | None:
+    """The manager ``%load_ext nbbg`` created, while the extension is loaded."""
+    return None if _loaded is None else _loaded.manager
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbbg``."""
+    global _loaded
+    if _loaded is not None:
+        return
+    _register_hook_once()
+    state = _Loaded(LokyManager())
+    runner = jupyter_runner()
+    run_app = wrap_run_app(runner.run_app, state.show_panel)
+    for undo in (
+        patch_attribute(runner, "run_app", run_app),
+        patch_attribute(runner, "default_mode", "inline"),
+        legacy.install(),
+        magics.register(ipython, state.manager),
+    ):
+        state.undo.callback(undo)
+    _loaded = state
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbbg``: Dash's defaults back, panels closed, workers stopped."""
+    global _loaded
+    state, _loaded = _loaded, None
+    if state is None:
+        return
+    close_all_panels()
+    state.undo.close()
+    release_watches()
+    state.manager.shutdown()
+
+
+def _register_hook_once() -> None:
+    global _hook_registered
+    if not _hook_registered:
+        dash.hooks.setup()(_adopt_app)
+        _hook_registered = True
+
+
+def _adopt_app(app: dash.Dash) -> None:
+    """Runs in every ``Dash.__init__``, after the app's manager is set."""
+    state = _loaded
+    if state is None:
+        return
+    manager = background_manager(app)
+    if manager is None:
+        set_background_manager(app, state.manager)
+    elif not isinstance(manager, LokyManager):
+        watch(manager)  # learn its jobs from the first one

@@ -1,0 +1,153 @@
+"""The ``%nbbg`` line magic: status, cancel, worker count, restart, panel.
+
+It acts on the kernel's manager (the one ``%load_ext nbbg`` created) and,
+for ``cancel``, on every job the kernel's managers know. The line is parsed
+with IPython's ``magic_arguments`` (``%nbbg?`` shows its help); a bad
+command prints the usage, it never raises into the cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core import magic_arguments
+from IPython.core.error import UsageError as IPythonUsageError
+
+from .._dash.manager import LokyManager
+from .._engine.jobs import JobSnapshot
+from .._errors import NbbgError
+from .rows import text_table
+from .sources import JobSource, kernel_managers, source_for
+
+USAGE = """\
+usage:
+  %nbbg                    workers and jobs of this kernel
+  %nbbg cancel <id|all>    stop a queued or running job (its id, or the first characters) or all
+  %nbbg workers <n>        run n jobs at once (resize the worker pool)
+  %nbbg restart            fresh workers, e.g. after editing an imported module
+  %nbbg panel              show the jobs panel of every job in this kernel"""
+
+STATUS_ROWS = 20
+
+
+class UsageError(Exception):
+    """A command the magic does not understand; the message says which part."""
+
+
+def _kernel_jobs() -> list[tuple[JobSource, JobSnapshot]]:
+    sources = [source_for(manager, None) for manager in kernel_managers()]
+    return [(source, job) for source in sources for job in source.jobs()]
+
+
+def status(manager: LokyManager) -> str:
+    workers = manager.workers()
+    described = ", ".join(
+        f"pid {w.pid} " + (f"running {w.job_id[:8]}" if w.job_id else "idle") for w in workers
+    )
+    lines = [f"nbbg: {len(workers)} worker{'s' if len(workers) != 1 else ''} ({described})"]
+    lines.append(text_table("jobs", [job for _source, job in _kernel_jobs()], STATUS_ROWS))
+    return "\n".join(lines)
+
+
+def cancel(target: str) -> str:
+    active = [(source, job) for source, job in _kernel_jobs() if job.state.active]
+    if target == "all":
+        stopped = sum(source.cancel(job.id) for source, job in active)
+        return f"cancelled {stopped} job{'s' if stopped != 1 else ''}"
+    matches = [(source, job) for source, job in active if job.id.startswith(target)]
+    if not matches:
+        return f"no queued or running job has an id starting with {target!r} (see %nbbg)"
+    if len(matches) > 1:
+        return f"{target!r} starts the ids of {len(matches)} jobs: give more characters"
+    source, job = matches[0]
+    source.cancel(job.id)
+    return f"cancelled {job.id[:8]} ({job.name})"
+
+
+def _worker_count(text: str | None) -> int:
+    try:
+        count = int(text or "")
+    except ValueError:
+        raise UsageError(f"`%nbbg workers` takes a whole number, not {text!r}") from None
+    if count < 1:
+        raise UsageError("`%nbbg workers` takes a number of at least 1")
+    return count
+
+
+@magic_arguments.magic_arguments()
+@magic_arguments.argument(
+    "command",
+    nargs="?",
+    default="status",
+    choices=["status", "cancel", "workers", "restart", "panel"],
+    help="what to do (default: status)",
+)
+@magic_arguments.argument(
+    "argument", nargs="?", help="cancel: a job id, its first characters, or all; workers: n"
+)
+def _arguments(line: str) -> None:
+    """Background jobs of this kernel (nbbg)."""
+
+
+TAKES_ARGUMENT = {
+    "status": False,
+    "cancel": True,
+    "workers": True,
+    "restart": False,
+    "panel": False,
+}
+
+
+def parse(line: str) -> tuple[str, str | None]:
+    """``(command, argument)`` of a ``%nbbg`` line, or ``UsageError``."""
+    try:
+        parsed = magic_arguments.parse_argstring(_arguments, line)
+    except IPythonUsageError as problem:
+        raise UsageError(f"%nbbg {line.strip()}: {problem}") from None
+    if TAKES_ARGUMENT.get(parsed.command, False) != (parsed.argument is not None):
+        raise UsageError(f"unknown command or arguments: %nbbg {line.strip()}")
+    return parsed.command, parsed.argument
+
+
+def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | None:
+    """Carry out one ``%nbbg`` line; return the text to print."""
+    command, argument = parse(line)
+    if command == "cancel":
+        return cancel(str(argument))
+    if command == "workers":
+        count = _worker_count(argument)
+        manager.resize(count)
+        return f"nbbg: {count} worker{'s' if count != 1 else ''}"
+    if command == "restart":
+        manager.restart()
+        return "nbbg: fresh workers (running jobs finish on their old worker first)"
+    if command == "panel":
+        from .panel import panel
+
+        show(panel())
+        return None
+    return status(manager)
+
+
+def register(ipython: Any, manager: LokyManager) -> Callable[[], None]:
+    """Add ``%nbbg`` to the shell; return the function that removes it."""
+    from IPython.display import display
+
+    def nbbg(line: str) -> None:
+        try:
+            text = run(manager, line, display)
+        except UsageError as problem:
+            text = f"{problem}\n{USAGE}"
+        except NbbgError as problem:
+            text = f"nbbg: {problem}"
+        if text:
+            print(text)
+
+    nbbg.__doc__ = f"{USAGE}\n\n{_arguments.__doc__}"  # what `%nbbg?` shows
+    ipython.register_magic_function(nbbg, magic_kind="line", magic_name="nbbg")
+
+    def unregister() -> None:
+        ipython.magics_manager.magics["line"].pop("nbbg", None)
+
+    return unregister

@@ -1,0 +1,365 @@
+"""The jobs panel: one ipywidgets row per background job, refreshed at most ~10 times a second.
+
+::
+
+    engine events, manager watches ──► panel.mark_dirty() ──► refresher thread
+        (any thread, any rate)                    at most one render per REFRESH_INTERVAL,
+                                                  each widget's changes in one hold_sync
+    Cancel / Cancel all (kernel main thread) ──► source.cancel(job_id)
+
+A job reporting progress 200 times a second costs one bar update per
+render, never one comm message per ``set_progress``. Rendering happens on a
+background thread because widget traits can be set from any thread on
+ipykernel >= 7.0.1; nothing there prints (output from a background thread
+lands in whichever cell runs), a failure shows in the panel's footer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as widgets
+
+from .._engine.jobs import JobSnapshot
+from .rows import RowView, choose_rows, footer_text, row_view, summary, text_table
+from .sources import JobSource, app_managers, kernel_managers, source_for
+
+REFRESH_INTERVAL = 0.1
+"""Seconds between two renders of a panel: at most ~10 widget updates a second."""
+
+MAX_ROWS = 10
+
+STATE_COLOURS = {"success": "green", "danger": "red", "warning": "darkorange", "": None}
+
+Managers = Callable[[], list[Any]]
+
+
+def _update(widget: widgets.Widget, **traits: Any) -> None:
+    """Set the traits that changed, sent to the front end as one message."""
+    with widget.hold_sync():
+        for name, value in traits.items():
+            if getattr(widget, name) != value:
+                setattr(widget, name, value)
+
+
+def _close(widget: widgets.Widget, *, own_layout: bool = True) -> None:
+    """Close a widget with its style and (unless shared) its layout models."""
+    style = getattr(widget, "style", None)
+    if isinstance(style, widgets.Widget):
+        style.close()
+    if own_layout:
+        widget.layout.close()
+    widget.close()
+
+
+@dataclass
+class _Columns:
+    """Layouts shared by every row (one model each, not one per row)."""
+
+    row: widgets.Layout
+    title: widgets.Layout
+    state: widgets.Layout
+    progress: widgets.Layout
+    elapsed: widgets.Layout
+    button: widgets.Layout
+
+    @classmethod
+    def create(cls) -> _Columns:
+        return cls(
+            row=widgets.Layout(width="100%", align_items="center"),
+            title=widgets.Layout(width="34%"),
+            state=widgets.Layout(width="11%"),
+            progress=widgets.Layout(width="32%"),
+            elapsed=widgets.Layout(width="7%"),
+            button=widgets.Layout(width="auto"),
+        )
+
+    def close(self) -> None:
+        for layout in vars(self).values():
+            layout.close()
+
+
+class JobRow:
+    """The widgets of one job's row; its Cancel button is bound to that job for good."""
+
+    def __init__(self, job_id: str, on_cancel: Callable[[str], None], columns: _Columns) -> None:
+        self.job_id = job_id
+        self._columns = columns
+        self.title = widgets.Label(layout=columns.title)
+        self.state = widgets.Label(layout=columns.state)
+        self.text = widgets.Label(layout=columns.progress)
+        self.bar: widgets.IntProgress | None = None
+        self.elapsed = widgets.Label(layout=columns.elapsed)
+        self.cancel = widgets.Button(
+            description="Cancel", tooltip="Stop this job", layout=columns.button
+        )
+        self.cancel.on_click(lambda _button: on_cancel(job_id))
+        self.box = widgets.HBox(layout=columns.row)
+        self.box.add_class("nbbg-job")
+        self.box.add_class(f"nbbg-job-{job_id}")
+
+    def show(self, view: RowView) -> None:
+        _update(self.title, value=view.title, tooltip=view.tooltip)
+        _update(self.state, value=view.state_text)
+        _update(self.state.style, text_color=STATE_COLOURS[view.tone])
+        progress: widgets.Widget
+        if view.bar is not None:
+            progress = self._bar()
+            value, maximum = view.bar
+            # max before value: IntProgress clamps value to the current max.
+            _update(
+                progress, max=maximum, value=value, bar_style=view.tone, description=view.bar_text
+            )
+        else:
+            progress = self.text
+            _update(self.text, value=view.progress_text)
+        _update(self.elapsed, value=view.elapsed_text)
+        children = [self.title, self.state, progress, self.elapsed]
+        if view.cancellable:
+            children.append(self.cancel)
+        _update(self.box, children=tuple(children))
+
+    def _bar(self) -> widgets.IntProgress:
+        if self.bar is None:
+            self.bar = widgets.IntProgress(
+                layout=self._columns.progress, style={"description_width": "initial"}
+            )
+        return self.bar
+
+    def close(self) -> None:
+        parts: list[widgets.Widget] = [self.box, self.title, self.state, self.text, self.elapsed]
+        parts.append(self.cancel)
+        if self.bar is not None:
+            parts.append(self.bar)
+        for part in parts:
+            _close(part, own_layout=False)
+
+
+class JobsPanel(widgets.VBox):
+    """Background jobs of one Dash app (or of the whole kernel), newest first.
+
+    Create it with :func:`nbbg.panel`. ``close()`` removes it and stops its updates.
+    """
+
+    def __init__(
+        self, managers: Managers, owner: int | None, title: str, max_rows: int = MAX_ROWS
+    ) -> None:
+        super().__init__()
+        self.title = title
+        self.max_rows = max_rows
+        self._managers = managers
+        self._owner = owner
+        self._lock = threading.RLock()
+        self._dirty = True
+        self._active = False
+        self._closed = False
+        self._problem = ""
+        self._sources: dict[int, tuple[JobSource, Callable[[], None]]] = {}
+        self._source_of: dict[str, JobSource] = {}
+        self._rows: dict[str, JobRow] = {}
+        self._columns = _Columns.create()
+        self._heading = widgets.Label()
+        self._cancel_all = widgets.Button(description="Cancel all", tooltip="Stop every job listed")
+        self._cancel_all.on_click(lambda _button: self._cancel_every_job())
+        self._header = widgets.HBox([self._heading, self._cancel_all])
+        self._footer = widgets.Label()
+        self.add_class("nbbg-panel")
+        self.render()
+        _refresher.add(self)
+
+    # ------------------------------------------------------------ updates
+    def mark_dirty(self) -> None:
+        """Ask for a render (cheap, from any thread)."""
+        self._dirty = True
+        _refresher.poke()
+
+    @property
+    def wants_render(self) -> bool:
+        """Something changed, or jobs are active (elapsed time, polled managers)."""
+        return not self._closed and (self._dirty or self._active)
+
+    def render(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._dirty = False
+            try:
+                self._render()
+            except Exception as exc:  # noqa: BLE001 - shown in the panel, never printed
+                problem = f"panel update failed: {type(exc).__name__}: {exc}"
+                _update(self._footer, value=" · ".join(p for p in (problem, self._problem) if p))
+                if self._footer not in self.children:
+                    _update(self, children=(*self.children, self._footer))
+
+    def _render(self) -> None:
+        jobs = self._collect()
+        choice = choose_rows(jobs, self.max_rows)
+        rows: dict[str, JobRow] = {}
+        for job in choice.shown:
+            row = self._rows.pop(job.id, None) or JobRow(job.id, self._cancel, self._columns)
+            row.show(row_view(job))
+            rows[job.id] = row
+        for gone in self._rows.values():
+            gone.close()
+        self._rows = rows
+        self._active = any(job.state.active for job in jobs)
+        _update(self._heading, value=f"{self.title}: {summary(jobs)}")
+        _update(self._cancel_all, disabled=not self._active)
+        footer = " · ".join(part for part in (footer_text(choice), self._problem) if part)
+        _update(self._footer, value=footer)
+        children = [self._header, *(row.box for row in rows.values())]
+        if footer:
+            children.append(self._footer)
+        _update(self, children=tuple(children))
+
+    def _collect(self) -> list[JobSnapshot]:
+        self._sync_sources()
+        jobs: list[JobSnapshot] = []
+        source_of: dict[str, JobSource] = {}
+        for source, _unsubscribe in self._sources.values():
+            for job in source.jobs():
+                jobs.append(job)
+                source_of[job.id] = source
+        self._source_of = source_of
+        return jobs
+
+    def _sync_sources(self) -> None:
+        """Follow the managers in use (an app can gain per-callback managers)."""
+        current = {id(manager): manager for manager in self._managers()}
+        for key in list(self._sources):
+            if key not in current:
+                self._sources.pop(key)[1]()
+        for key, manager in current.items():
+            if key not in self._sources:
+                source = source_for(manager, self._owner)
+                self._sources[key] = (source, source.subscribe(self.mark_dirty))
+
+    # ------------------------------------------------------------ cancel
+    def _cancel(self, job_id: str) -> None:
+        """A row's Cancel button (runs on the kernel's main thread: keep it short)."""
+        source = self._source_of.get(job_id)
+        if source is not None:
+            self._cancel_on(source, job_id)
+
+    def _cancel_every_job(self) -> None:
+        with self._lock:
+            sources = [source for source, _unsubscribe in self._sources.values()]
+        for source in sources:
+            for job in source.jobs():
+                if job.state.active:
+                    self._cancel_on(source, job.id)
+
+    def _cancel_on(self, source: JobSource, job_id: str) -> None:
+        try:
+            source.cancel(job_id)
+            self._problem = ""
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, not as a traceback
+            self._problem = f"cancel failed: {type(exc).__name__}: {exc}"
+        self.mark_dirty()
+
+    # ------------------------------------------------------------ text and life
+    def text(self) -> str:
+        """The panel as plain text."""
+        with self._lock:
+            jobs = [] if self._closed else self._collect()
+        return text_table(self.title, jobs, self.max_rows)
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        data = super()._repr_mimebundle_(**kwargs)
+        if data is not None:
+            data["text/plain"] = self.text()  # ipywidgets would cut it at 110 characters
+        return data
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for _source, unsubscribe in self._sources.values():
+                unsubscribe()
+            self._sources.clear()
+            for row in self._rows.values():
+                row.close()
+            self._rows.clear()
+            for part in (self._heading, self._footer, self._cancel_all, self._header):
+                _close(part)
+            self._columns.close()
+            self.layout.close()
+        _refresher.remove(self)
+        super().close()
+
+
+class _Refresher:
+    """One daemon thread that renders every open panel that wants it, throttled."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._panels: list[JobsPanel] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, panel: JobsPanel) -> None:
+        with self._lock:
+            self._panels.append(panel)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nbbg-panel", daemon=True)
+                self._thread.start()
+        self.poke()
+
+    def remove(self, panel: JobsPanel) -> None:
+        with self._lock:
+            if panel in self._panels:
+                self._panels.remove(panel)
+        self.poke()
+
+    def open_panels(self) -> list[JobsPanel]:
+        with self._lock:
+            return list(self._panels)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                panels = list(self._panels)
+                if not panels:
+                    self._thread = None
+                    return
+            busy = any(panel.wants_render for panel in panels)
+            self._wake.wait(self.interval if busy else None)
+            self._wake.clear()
+            for panel in panels:
+                if panel.wants_render:
+                    panel.render()
+            time.sleep(self.interval)  # the throttle: at most one render per interval
+
+
+_refresher = _Refresher(REFRESH_INTERVAL)
+
+
+def panel(app: Any = None, *, max_rows: int = MAX_ROWS) -> JobsPanel:
+    """The jobs panel of ``app``'s background callbacks, or of every job in the kernel.
+
+    Works with nbbg's ``LokyManager`` and with Dash's ``DiskcacheManager`` and
+    ``CeleryManager``. Display it (last expression of a cell, or
+    ``display(...)``); Cancel buttons work while no cell is running.
+    """
+    if app is None:
+        return JobsPanel(kernel_managers, None, "Background jobs in this kernel", max_rows)
+    return JobsPanel(
+        lambda: app_managers(app), id(app.server), "Background jobs of this app", max_rows
+    )
+
+
+def close_all_panels() -> None:
+    for open_panel in _refresher.open_panels():
+        open_panel.close()
