@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 from dash import Dash, Input, Output, html
 
@@ -46,7 +47,7 @@ def build_app(manager: nbbg.LokyManager) -> Dash:
         interval=200,
         prevent_initial_call=True,
     )
-    def update_progress(set_progress, n_clicks):
+    def update_progress(set_progress: Callable[[tuple[str, str]], None], n_clicks: int) -> str:
         total = 20
         for i in range(total + 1):
             set_progress((str(i), str(total)))

@@ -112,10 +112,10 @@ class LokyManager(BaseBackgroundCallbackManager):
             warm_modules=WARM_MODULES,
             hooks=self._deliveries,
         )
-        super().__init__(cache_by)
+        super().__init__(cache_by)  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------ cache_by
-    @property  # type: ignore[override]
+    @property
     def cache_by(self) -> list[Callable[[], Any]] | None:
         return self._cache_by
 

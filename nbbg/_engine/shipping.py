@@ -107,7 +107,8 @@ def _find_unpicklable(fn: Any) -> str | None:
 def dumps_callable(fn: Callable[..., Any], name: str) -> bytes:
     """Pickle ``fn`` for a worker, or raise an error that names the culprit."""
     try:
-        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        payload: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        return payload
     except Exception as exc:
         raise UnpicklableCallbackError(name, _find_unpicklable(fn), exc) from exc
 

@@ -51,7 +51,7 @@ def _database_identity(directory: str) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-class Store(diskcache.Cache):
+class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
     """A ``diskcache.Cache`` that reopens itself when its database file is gone or replaced.
 
     diskcache keeps one SQLite connection per thread; after ``rm -rf`` of the

@@ -131,6 +131,7 @@ def _format_traceback(exc: BaseException) -> str:
 
 
 def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any] | None:
+    fn: Callable[..., Any] | None
     if spec.payload is not None:
         fn = cloudpickle.loads(spec.payload)
         state.functions[spec.token] = fn

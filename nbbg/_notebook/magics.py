@@ -75,15 +75,15 @@ def _worker_count(text: str | None) -> int:
     return count
 
 
-@magic_arguments.magic_arguments()
-@magic_arguments.argument(
+@magic_arguments.magic_arguments()  # type: ignore[untyped-decorator]
+@magic_arguments.argument(  # type: ignore[untyped-decorator]
     "command",
     nargs="?",
     default="status",
     choices=["status", "cancel", "workers", "restart", "panel"],
     help="what to do (default: status)",
 )
-@magic_arguments.argument(
+@magic_arguments.argument(  # type: ignore[untyped-decorator]
     "argument", nargs="?", help="cancel: a job id, its first characters, or all; workers: n"
 )
 def _arguments(line: str) -> None:

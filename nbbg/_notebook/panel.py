@@ -139,7 +139,7 @@ class JobRow:
             _close(part, own_layout=False)
 
 
-class JobsPanel(widgets.VBox):
+class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     """Background jobs of one Dash app (or of the whole kernel), newest first.
 
     Create it with :func:`nbbg.panel`. ``close()`` removes it and stops its updates.
@@ -272,7 +272,7 @@ class JobsPanel(widgets.VBox):
         return self.text()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
-        data = super()._repr_mimebundle_(**kwargs)
+        data: dict[str, Any] | None = super()._repr_mimebundle_(**kwargs)
         if data is not None:
             data["text/plain"] = self.text()  # ipywidgets would cut it at 110 characters
         return data
