@@ -79,7 +79,7 @@ class Engine:
         self._hooks = hooks
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._events = EventHub()
+        self._events: EventHub[JobEvent] = EventHub()
         self._functions = FunctionRegistry()
         self._closed = False
         self._listener = ProgressListener(self._on_report)

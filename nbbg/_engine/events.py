@@ -6,22 +6,26 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from .channel import Report
 from .jobs import JobEvent
 
 LOGGER = logging.getLogger("nbbg")
 
+Event = TypeVar("Event")
+
 Subscriber = Callable[[JobEvent], None]
 
 
-class EventHub:
+class EventHub(Generic[Event]):
+    """Subscribers of one kind of event, told outside any lock of the caller's."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: list[Callable[[Event], None]] = []
 
-    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+    def subscribe(self, subscriber: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``subscriber(event)`` for every event; return the function that stops it."""
         with self._lock:
             self._subscribers.append(subscriber)
@@ -32,7 +36,7 @@ class EventHub:
 
         return unsubscribe
 
-    def publish(self, events: Iterable[JobEvent]) -> None:
+    def publish(self, events: Iterable[Event]) -> None:
         """Hand each event to every subscriber; a failing subscriber is logged, not fatal."""
         with self._lock:
             subscribers = list(self._subscribers)

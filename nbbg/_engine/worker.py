@@ -87,7 +87,7 @@ def initialize(owner_pid: int, channel_address: str, authkey: bytes) -> None:
     _state = _WorkerState(ProgressSender(channel_address, authkey))
 
 
-def warm_up(modules: tuple[str, ...], store_directory: str) -> int:
+def warm_up(modules: tuple[str, ...], store_directory: str) -> None:
     """Import what jobs will need and open the store, so the first job does not pay for it.
 
     IPython is hidden meanwhile: dash imports it for its notebook display,
@@ -105,7 +105,6 @@ def warm_up(modules: tuple[str, ...], store_directory: str) -> int:
             del sys.modules["IPython"]
     if _state is not None:
         _store(_state, store_directory)
-    return os.getpid()
 
 
 def call_plain(fn: Callable[..., Any], reporter: JobReporter, call: Any) -> Any:

@@ -17,59 +17,26 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from dash.background_callback.managers import BaseBackgroundCallbackManager
 
 from .._dash.manager import AppOrigin, trigger_label
 from .._dash.private import progress_key, serving_app_id
-from .._engine.jobs import JobFailure, JobSnapshot, JobState
+from .._engine.engine import HISTORY
+from .._engine.events import EventHub
+from .._engine.jobs import Job, JobFailure, JobSnapshot, JobState
 from .patching import patch_attribute
 
 POLL_INTERVAL = 0.25
 """Seconds between two looks at a Dash manager's jobs (each look reads its store)."""
 
-HISTORY = 1000
-"""Finished jobs of a Dash manager remembered for the panel."""
-
 Listener = Callable[[], None]
 
 
-@dataclass
-class _DashJob:
-    """What the panel knows of one job of a Dash manager."""
-
-    id: str
-    name: str
-    label: str
-    key: str
-    submitted_at: float = field(default_factory=time.time)
-    state: JobState = JobState.RUNNING
-    progress: Any = None
-    finished_at: float | None = None
-    failure: JobFailure | None = None
-    origin: AppOrigin | None = None
-
-    def end(self, state: JobState, failure: JobFailure | None = None) -> None:
-        if self.state.active:
-            self.state, self.failure, self.finished_at = state, failure, time.time()
-
-    def snapshot(self) -> JobSnapshot:
-        return JobSnapshot(
-            id=self.id,
-            name=self.name,
-            label=self.label,
-            state=self.state,
-            progress=self.progress,
-            queue_position=None,
-            submitted_at=self.submitted_at,
-            started_at=self.submitted_at,
-            finished_at=self.finished_at,
-            failure=self.failure,
-            worker_pid=int(self.id) if self.id.isdigit() else None,
-            origin=self.origin,
-        )
+def _end(record: Job, state: JobState, failure: JobFailure | None = None) -> None:
+    if record.state.active:
+        record.state, record.failure, record.finished_at = state, failure, time.time()
 
 
 def _callback_name(manager: BaseBackgroundCallbackManager, job_fn: Any) -> str:
@@ -116,10 +83,10 @@ class DashManagerWatch:
     def __init__(self, manager: BaseBackgroundCallbackManager) -> None:
         self.manager = manager
         self._lock = threading.RLock()
-        self._jobs: OrderedDict[str, _DashJob] = OrderedDict()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._reading = threading.local()
         self._last_poll = 0.0
-        self._listeners: list[Listener] = []
+        self._changed: EventHub[None] = EventHub()
         self._undo = contextlib.ExitStack()
         self._wrap("call_job_fn", self._calling_job_fn)
         self._wrap("get_result", self._getting_result)
@@ -149,7 +116,16 @@ class DashManagerWatch:
     def _record(self, job_id: str, key: str, job_fn: Any, context: Any) -> None:
         name, origin = _callback_name(self.manager, job_fn), AppOrigin(serving_app_id())
         with self._lock:
-            self._jobs[job_id] = _DashJob(job_id, name, trigger_label(context), key, origin=origin)
+            self._jobs[job_id] = Job(
+                job_id,
+                name,
+                trigger_label(context),
+                key,
+                origin=origin,
+                state=JobState.RUNNING,
+                started_at=time.time(),
+                worker_pid=int(job_id) if job_id.isdigit() else None,  # DiskcacheManager's ids
+            )
             finished = [j for j in self._jobs.values() if not j.state.active]
             for job in finished[: max(0, len(finished) - HISTORY)]:
                 del self._jobs[job.id]
@@ -167,7 +143,7 @@ class DashManagerWatch:
                 record = self._jobs.get(job_id)
                 if record is not None and value is not self.manager.UNDEFINED:
                     failure = _error_of(value)
-                    record.end(JobState.ERROR if failure else JobState.DONE, failure)
+                    _end(record, JobState.ERROR if failure else JobState.DONE, failure)
             self.notify()
             return value
 
@@ -179,7 +155,7 @@ class DashManagerWatch:
             if value is not None:
                 with self._lock:
                     for record in self._jobs.values():
-                        if record.key == key and record.state.active:
+                        if record.result_key == key and record.state.active:
                             record.progress = value
                 self.notify()
             return value
@@ -193,7 +169,7 @@ class DashManagerWatch:
                 with self._lock:
                     record = self._jobs.get(job_id)
                     if record is not None and getattr(self._reading, "job_id", None) != job_id:
-                        record.end(JobState.CANCELLED)
+                        _end(record, JobState.CANCELLED)
                 self.notify()
             return original(job)
 
@@ -221,23 +197,24 @@ class DashManagerWatch:
             for record in active:
                 self._look_at(record)
 
-    def _look_at(self, record: _DashJob) -> None:
+    def _look_at(self, record: Job) -> None:
         manager = self.manager
-        progress = _peek(manager, progress_key(manager, record.key))
+        progress = _peek(manager, progress_key(manager, record.result_key))
         if progress is not None:
             record.progress = progress
         try:
             running = bool(manager.job_running(record.id))
-            ready = not running and bool(manager.result_ready(record.key))
+            ready = not running and bool(manager.result_ready(record.result_key))
         except Exception:  # noqa: BLE001 - the store or broker is unreachable: look again later
             return
         if running:
             return
         if ready:
-            failure = _error_of(_peek(manager, record.key))
-            record.end(JobState.ERROR if failure else JobState.DONE, failure)
+            failure = _error_of(_peek(manager, record.result_key))
+            _end(record, JobState.ERROR if failure else JobState.DONE, failure)
         else:
-            record.end(
+            _end(
+                record,
                 JobState.ERROR,
                 JobFailure(
                     "the job's process ended without a result (killed from outside or crashed)"
@@ -246,17 +223,7 @@ class DashManagerWatch:
 
     # ------------------------------------------------------------ listeners
     def add_listener(self, listener: Listener) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def remove() -> None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return remove
+        return self._changed.subscribe(lambda _nothing: listener())
 
     def notify(self) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener()
+        self._changed.publish([None])
