@@ -132,9 +132,9 @@ class UnknownJobError(NbbgError, KeyError):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(
-            f"no job {job_id!r} in this manager: job ids come from jobs() or the "
-            "panel, and finished jobs are forgotten after the newest "
-            "`history` jobs"
+            f"no job {job_id!r} in this manager: job ids come from submit(), jobs() or "
+            "the panel, and a finished job is forgotten once its result was collected "
+            "and 1000 newer jobs finished"
         )
 
     def __str__(self) -> str:  # KeyError would repr() the message

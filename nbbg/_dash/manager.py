@@ -174,8 +174,7 @@ class LokyManager(BaseBackgroundCallbackManager):
 
         Dash asks ``get_result`` first and ``job_running`` second in one poll. A
         job ending between the two would otherwise look cancelled: the poll
-        answers 204 and the result never reaches the browser (1 job lost in
-        about 40 000 in the load test).
+        answers 204 and the result never reaches the browser.
         """
         return job is not None and self._engine.awaits_collection(str(job))
 
