@@ -26,6 +26,9 @@ from .table import JobTable, QueuedJob
 MESSAGE_WAIT = 0.05
 """Seconds a finished job's worker callback waits for its last reports."""
 
+MESSAGE_GRACE = 2.0
+"""Seconds a finished job waits for its last reports before it ends anyway (then by a timer)."""
+
 WorkerDone = Callable[[Slot, int, QueuedJob, "Future[Any]"], None]
 
 

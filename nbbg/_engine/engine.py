@@ -24,7 +24,7 @@ import pickle
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -41,22 +41,23 @@ from .._errors import (
 )
 from . import worker
 from .channel import ProgressListener, Report
-from .dispatch import Dispatcher, Effects
+from .dispatch import MESSAGE_GRACE, Dispatcher, Effects
 from .events import EngineHooks, EventHub, Subscriber
 from .jobs import Job, JobEvent, JobFailure, JobSnapshot, JobState
 from .shipping import FunctionRegistry
-from .slots import Slot, SlotPool, StartedWorker, WorkerInfo, start_worker
+from .slots import (
+    Slot,
+    SlotPool,
+    StartedWorker,
+    WorkerInfo,
+    check_worker_count,
+    start_worker,
+)
 from .store import MISSING, read_result
-from .table import JobTable, QueuedJob
+from .table import HISTORY, JobTable, QueuedJob
 
 PREWARM_TIMEOUT = 30.0
 """Seconds a prewarming manager waits at most for its workers to be ready."""
-
-MESSAGE_GRACE = 2.0
-"""Seconds a finished job waits for its last reports before it ends anyway."""
-
-HISTORY = 1000
-"""Collected finished jobs remembered (``jobs()``, the panel); uncollected ones are all kept."""
 
 
 class Engine:
@@ -74,7 +75,7 @@ class Engine:
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        _check_worker_count(max_workers)
+        check_worker_count(max_workers)
         self.store = store
         self._hooks = hooks
         self._lock = threading.RLock()
@@ -97,23 +98,12 @@ class Engine:
         if prewarm:
             for slot in self._pool.grow():
                 slot.attach(self._start_worker())
-            self._wait_until_warm(PREWARM_TIMEOUT)
+            self._pool.wait_until_warm(PREWARM_TIMEOUT)
         atexit.register(_shutdown_if_alive, weakref.ref(self))
 
     # ---------------------------------------------------------------- workers
     def _start_worker(self) -> StartedWorker:
         return start_worker(self._initargs, self._warm_up_args)
-
-    def _wait_until_warm(self, timeout: float) -> None:
-        """Return once every worker has started and imported what jobs need.
-
-        So the first click after the app starts runs at warm speed. The workers
-        start in parallel (~0.5 s on 2 cores); a slow one is waited for at most
-        ``timeout`` s, then jobs simply queue until it is up.
-        """
-        deadline = time.monotonic() + timeout
-        for slot in list(self._pool.slots):
-            slot.wait_warm(max(0.0, deadline - time.monotonic()))
 
     @property
     def max_workers(self) -> int:
@@ -125,19 +115,16 @@ class Engine:
 
     def resize(self, max_workers: int) -> None:
         """Change the number of workers; busy workers beyond it finish their job first."""
-        _check_worker_count(max_workers)
-        fx = Effects()
-        with self._lock:
+        check_worker_count(max_workers)
+        with self._step() as fx:
             self._ensure_open()
             self._pool.resize(max_workers)
             fx.spawn += self._pool.grow()
             self._dispatcher.dispatch(fx)
-        self._carry_out(fx)
 
     def restart(self) -> None:
         """Fresh workers (e.g. after editing an imported module); running jobs finish first."""
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             self._ensure_open()
             self._functions.clear()
             for slot in self._pool.slots:
@@ -146,7 +133,6 @@ class Engine:
                 elif slot.has_worker:
                     slot.kill()
                     fx.spawn.append(slot)
-        self._carry_out(fx)
 
     # ---------------------------------------------------------------- jobs
     def submit(
@@ -187,14 +173,12 @@ class Engine:
             result_key,
             expire,
         )
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             self._ensure_open()
             fx.spawn += self._pool.grow()  # the first job of a manager that did not prewarm
             fx.events.append(self._table.add(item.job, item))
             self._dispatcher.dispatch(fx)
             fx.forgotten += self._table.sweep()
-        self._carry_out(fx)
         return item.job.id
 
     def add_finished(self, name: str, label: str, result_key: str, origin: Any = None) -> str:
@@ -206,25 +190,21 @@ class Engine:
         return self._add_ended(Job.ended(name, label, "", JobState.ERROR, failure, origin))
 
     def _add_ended(self, job: Job) -> str:
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             fx.events.append(self._table.add(job))
             fx.forgotten += self._table.sweep()
             self._changed.notify_all()
-        self._carry_out(fx)
         return job.id
 
     def cancel(self, job_id: str) -> bool:
         """Stop a queued or running job; False (and no effect) for any other id."""
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             job = self._table.get(job_id)
             if job is None or not job.state.active:
                 return False
             self._dispatcher.end(job, JobState.CANCELLED, None, fx)
             self._dispatcher.dispatch(fx)
             self._changed.notify_all()
-        self._carry_out(fx)
         return True
 
     def cancel_all(self) -> int:
@@ -234,8 +214,7 @@ class Engine:
 
     def fail(self, job_id: str, failure: JobFailure) -> None:
         """End an active job with ``failure``; mark a done job as failed."""
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             job = self._table.get(job_id)
             if job is None:
                 return
@@ -246,7 +225,6 @@ class Engine:
                 job.state, job.failure = JobState.ERROR, failure
                 fx.events.append(JobEvent("state", self._table.snapshot(job)))
             self._changed.notify_all()
-        self._carry_out(fx)
 
     def get(self, job_id: str) -> JobSnapshot | None:
         with self._lock:
@@ -352,6 +330,14 @@ class Engine:
         return self._closed
 
     # ---------------------------------------------------------------- internals
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[Effects]:
+        """Hold the lock for one step; carry out what it caused once released."""
+        fx = Effects()
+        with self._lock:
+            yield fx
+        self._carry_out(fx)
+
     def _ensure_open(self) -> None:
         if self._closed:
             raise ShutdownError()
@@ -359,24 +345,18 @@ class Engine:
     def _on_worker_done(
         self, slot: Slot, generation: int, item: QueuedJob, future: Future[Any]
     ) -> None:
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             self._dispatcher.worker_done(slot, generation, item, future, fx)
-        self._carry_out(fx)
 
     def _finish_overdue(self, job: Job) -> None:
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             self._dispatcher.finish_overdue(job, fx)
-        self._carry_out(fx)
 
     def _on_report(self, report: Report) -> None:
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             job = self._dispatcher.report(report, fx)
             if job is not None and job.messages_expected is not None:
                 self._changed.notify_all()  # the worker-done callback may be waiting
-        self._carry_out(fx)
 
     def _carry_out(self, fx: Effects) -> None:
         """Do what a step under the lock caused, with the lock released."""
@@ -401,11 +381,9 @@ class Engine:
                     started.discard()
                     continue
                 slot.attach(started)
-        fx = Effects()
-        with self._lock:
+        with self._step() as fx:
             if not self._closed:
                 self._dispatcher.dispatch(fx)
-        self._carry_out(fx)
 
     def _drop_results(self, forgotten: list[Job]) -> None:
         for job in forgotten:
@@ -420,8 +398,3 @@ def _shutdown_if_alive(engine_ref: weakref.ref[Engine]) -> None:
     engine = engine_ref()
     if engine is not None:
         engine.shutdown()
-
-
-def _check_worker_count(max_workers: int) -> None:
-    if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
-        raise ValueError(f"max_workers must be a whole number of at least 1, not {max_workers!r}")

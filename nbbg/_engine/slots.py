@@ -17,6 +17,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -191,6 +192,17 @@ class SlotPool:
             slot.index = index
         self.slots = kept
 
+    def wait_until_warm(self, timeout: float) -> None:
+        """Return once every worker has started and imported what jobs need.
+
+        So the first click after the app starts runs at warm speed. The workers
+        start in parallel (~0.5 s on 2 cores); a slow one is waited for at most
+        ``timeout`` s, then jobs simply queue until it is up.
+        """
+        deadline = time.monotonic() + timeout
+        for slot in list(self.slots):
+            slot.wait_warm(max(0.0, deadline - time.monotonic()))
+
     def free_slot(self) -> Slot | None:
         """A free slot, preferring a warm one: a slot just respawned after a
         cancel is still starting its worker while another may sit idle."""
@@ -222,3 +234,8 @@ def _shutdown_in_background(executor: ProcessPoolExecutor) -> None:
         name="nbbg-retire-worker",
         daemon=True,
     ).start()
+
+
+def check_worker_count(max_workers: int) -> None:
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+        raise ValueError(f"max_workers must be a whole number of at least 1, not {max_workers!r}")

@@ -23,6 +23,9 @@ from .jobs import Job, JobEvent, JobSnapshot, JobState
 from .shipping import ShippedFunction
 from .worker import JobSpec, Runner
 
+HISTORY = 1000
+"""Collected finished jobs remembered (``jobs()``, the panel); uncollected ones are all kept."""
+
 RESULT_TTL = 24 * 3600.0
 """Seconds a job's own result is kept in the store (cache_by entries use ``expire``)."""
 

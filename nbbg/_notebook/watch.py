@@ -23,9 +23,9 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 
 from .._dash.manager import AppOrigin, trigger_label
 from .._dash.private import progress_key, serving_app_id
-from .._engine.engine import HISTORY
 from .._engine.events import EventHub
 from .._engine.jobs import Job, JobFailure, JobSnapshot, JobState
+from .._engine.table import HISTORY
 from .patching import patch_attribute
 
 POLL_INTERVAL = 0.25
