@@ -5,6 +5,7 @@
     for each repetition (manager order rotated each time):
         start a fresh server per manager -> first job right after page load, warm jobs
         for each metric: for each manager: one repetition of the metric
+            (not cancel / re-fire on the floor: its threads cannot be cancelled)
         stop the servers -> count the processes they left behind
         start a fresh server per manager holding a 100 MB global
             -> first job 1 s after page load; 100 MB global calls; SIGKILL, count
