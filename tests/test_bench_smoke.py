@@ -107,17 +107,20 @@ def test_quick_bench_puts_every_manager_and_ratio_in_the_table(
     stdout, raw, _ = quick_run
     assert raw["managers"] == list(MANAGERS)
     table = _table(stdout)
-    measured_by_all = (
+    one_job_each = (
         "one set_progress call",
         "… progress delivered",
         "progress latency p90",
         "first job after start",
     )
     compared = ("no-op job turnaround", "throughput, 2 ms", "throughput, 100 ms", "memory idle")
-    for starts in measured_by_all + compared:
+    for starts in one_job_each + compared:
         row = _row(table, starts)
-        for label in MANAGERS.values():
-            assert _is_number(row[label]), (starts, label, row[label])
+        for kind, label in MANAGERS.items():
+            # DiskcacheManager loses some jobs (a forked server deadlocks): a row resting
+            # on one job of it may show "-" for that one; the others must all be numbers.
+            lost_allowed = kind == "diskcache" and starts in one_job_each
+            assert _is_number(row[label]) or (lost_allowed and row[label] == "-"), (starts, row)
     for starts in compared:
         row = _row(table, starts)
         for column in RATIO_COLUMNS:
@@ -150,6 +153,19 @@ def test_quick_bench_runs_every_metric_on_nbbg(quick_run: QuickRun) -> None:
     assert samples["refire"][0]["new_job_outcome"] == ["done"]
     assert samples["memory"][0]["outcomes"] == ["done"] * 4
     assert [rep["processes"] for rep in samples["leftover"]] == [0]
+
+
+@pytest.mark.timeout(BENCH_SECONDS + 60)
+def test_quick_bench_floor_answers_every_job_it_is_given(quick_run: QuickRun) -> None:
+    """The floor is the reference for nbbg's ratios: it must lose nothing and skip only cancels."""
+    samples = quick_run[1]["samples"]["floor"]
+    for metric in ("throughput", "throughput_calm"):
+        assert samples[metric][0]["done"] == QUICK_JOBS
+    assert all(ms is not None for ms in samples["turnaround"][0]["ms"])
+    assert samples["set_progress_cost"][0]["delivered"] > 0
+    assert samples["progress_latency"][0]["seen"] > 0
+    assert samples["memory"][0]["outcomes"] == ["done"] * 4
+    assert "cancel" not in samples and "refire" not in samples
 
 
 @pytest.mark.timeout(BENCH_SECONDS + 60)
