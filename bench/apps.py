@@ -9,7 +9,7 @@ callback's source and id).
 Configuration comes from the environment, so that the server and a Celery
 worker built from this file agree:
 
-``BENCH_MANAGER``   ``loky`` | ``diskcache`` | ``celery``
+``BENCH_MANAGER``   ``loky`` | ``diskcache`` | ``celery`` | ``floor`` (``bench/floor.py``)
 ``BENCH_STORE``     a private directory for the manager's store
 ``BENCH_REDIS_URL`` broker and result backend (Celery only)
 ``BENCH_BIG``       ``1``: hold a 100 MB global that ``read_big`` reads
@@ -18,8 +18,10 @@ worker built from this file agree:
 Callbacks, one per measurement (all ``prevent_initial_call``):
 
 ``noop``       returns its input                     (turnaround, throughput, prewarm)
+``noop_calm``  the same, polled every 100 ms          (throughput at a realistic polling rate)
 ``progress``   stamps ``time.time()`` into set_progress (progress latency)
-``cost``       times many set_progress calls in-job   (set_progress cost)
+``cost``       set_progress in a hot loop for 0.5 s, timed in-job (set_progress cost,
+               progress delivered)
 ``spin``       burns CPU until cancelled or a time limit (cancel, oldJob)
 ``steady``     sleeps in small steps, returns a checksum (concurrent job, memory)
 ``read_big``   reads the 100 MB global               (100 MB global overhead)
@@ -35,11 +37,14 @@ from typing import Any
 from dash import Dash, Input, Output, State, dcc, html
 
 NOOP_INTERVAL_MS = 2
+CALM_INTERVAL_MS = 100
 PROGRESS_INTERVAL_MS = 20
 SLOW_INTERVAL_MS = 20
 SPIN_LIMIT_S = 30.0
-COST_MAX_CALLS = 200_000
-COST_MAX_SECONDS = 0.3
+COST_SECONDS = 0.5
+"""Long enough for ~25 polls at 20 ms: the client counts the updates that reach it."""
+COST_MAX_CALLS = 50_000_000
+"""A bound only: at 10 ns or more per call the time limit ends the loop first."""
 BIG_BYTES = 100 * 2**20
 
 MANAGER_KIND = os.environ.get("BENCH_MANAGER", "loky")
@@ -65,7 +70,13 @@ def make_manager() -> Any:
         from dash import CeleryManager
 
         return CeleryManager(celery_app)
-    raise SystemExit(f"BENCH_MANAGER must be loky, diskcache or celery, not {MANAGER_KIND!r}")
+    if MANAGER_KIND == "floor":
+        from bench.floor import ThreadFloorManager
+
+        return ThreadFloorManager()
+    raise SystemExit(
+        f"BENCH_MANAGER must be loky, diskcache, celery or floor, not {MANAGER_KIND!r}"
+    )
 
 
 def make_celery() -> Any:
@@ -88,6 +99,8 @@ app.layout = html.Div(
     [
         html.Button(id="noop-go"),
         html.Div(id="noop-out"),
+        html.Button(id="calm-go"),
+        html.Div(id="calm-out"),
         html.Button(id="progress-go"),
         dcc.Input(id="progress-updates", value=200),
         dcc.Input(id="progress-period", value=0.005),
@@ -121,6 +134,17 @@ def noop(n_clicks):
 
 
 @app.callback(
+    Output("calm-out", "children"),
+    Input("calm-go", "n_clicks"),
+    background=True,
+    interval=CALM_INTERVAL_MS,
+    prevent_initial_call=True,
+)
+def noop_calm(n_clicks):
+    return n_clicks
+
+
+@app.callback(
     Output("progress-out", "children"),
     Input("progress-go", "n_clicks"),
     State("progress-updates", "value"),
@@ -149,7 +173,7 @@ def cost(set_progress, n_clicks):
     # Calls in batches of 100 so the clock is read rarely; bounded in calls and time.
     calls = 0
     start = time.perf_counter()
-    deadline = start + COST_MAX_SECONDS
+    deadline = start + COST_SECONDS
     while calls < COST_MAX_CALLS and time.perf_counter() < deadline:
         for i in range(100):
             set_progress(i)

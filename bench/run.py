@@ -5,12 +5,13 @@
     for each repetition (manager order rotated each time):
         start a fresh server per manager -> first job right after page load, warm jobs
         for each metric: for each manager: one repetition of the metric
+            (not cancel / re-fire on the floor: its threads cannot be cancelled)
         stop the servers -> count the processes they left behind
         start a fresh server per manager holding a 100 MB global
             -> first job 1 s after page load; 100 MB global calls; SIGKILL, count
     -> bench/out/results-<time>.json (raw samples) and the table on stdout
 
-Usage: ``python -m bench [--quick] [--reps N] [--managers loky,diskcache,celery]``.
+Usage: ``python -m bench [--quick] [--reps N] [--managers loky,diskcache,celery,floor]``.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ class Run:
         try:
             for name, measure in metrics.METRICS.items():
                 for manager in order:
+                    if name in metrics.NOT_MEASURED.get(manager, ()):
+                        continue
                     _log(f"rep {rep + 1}: {name} on {LABELS[manager]}")
                     self.record(manager, name, measure(servers[manager], self.settings))
         finally:
@@ -171,7 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--managers",
         default=",".join(MANAGERS),
-        help="comma-separated subset of loky,diskcache,celery (default: all)",
+        help="comma-separated subset of loky,diskcache,celery,floor (default: all)",
     )
     parser.add_argument("--no-big", action="store_true", help="skip the 100 MB global servers")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for JSON and logs")

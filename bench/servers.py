@@ -3,8 +3,8 @@
 ::
 
     bench (this process)
-      ├─ python bench/apps.py        BENCH_MANAGER=loky|diskcache|celery, 127.0.0.1:<free port>
-      │    └─ loky workers / forked job processes
+      ├─ python bench/apps.py        BENCH_MANAGER=loky|diskcache|celery|floor, 127.0.0.1:<port>
+      │    └─ loky workers / forked job processes (floor: threads, no process)
       ├─ redis-server --port <free>  (one per run, Celery only)
       └─ python -m celery -A bench.apps:celery_app worker   (Celery only, one per server)
            └─ prefork pool processes
@@ -36,8 +36,13 @@ from .procs import Ledger
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_SCRIPT = REPO_ROOT / "bench" / "apps.py"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-MANAGERS = ("loky", "diskcache", "celery")
-LABELS = {"loky": "LokyManager", "diskcache": "DiskcacheManager", "celery": "CeleryManager"}
+MANAGERS = ("loky", "diskcache", "celery", "floor")
+LABELS = {
+    "loky": "LokyManager",
+    "diskcache": "DiskcacheManager",
+    "celery": "CeleryManager",
+    "floor": "floor (threads)",
+}
 START_TIMEOUT = 60.0
 LEFTOVER_GRACE = 2.0
 """Seconds processes get to exit on their own after their server stopped."""

@@ -87,25 +87,14 @@ def test_fresh_binder_environment_runs_every_notebook(tmp_path: Path) -> None:
     env["JUPYTERHUB_SERVICE_PREFIX"] = PREFIX
     notebooks = tmp_path / "notebooks"
     shutil.copytree(REPO / "notebooks", notebooks, ignore=shutil.ignore_patterns("*.py", "nbbg-*"))
+    # The repository's pytest configuration comes along: its options (--timeout, ...)
+    # must work with what binder/ installs.
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     started = time.monotonic()
     out = _run(
-        [
-            python,
-            "-m",
-            "pytest",
-            "--nbval-lax",
-            "--nbval-cell-timeout=180",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "-o",
-            "addopts=",
-            "--rootdir",
-            str(notebooks),
-            str(notebooks),
-        ],
+        [python, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "notebooks"],
         env,
-        notebooks,
+        tmp_path,
         1200,
     )
     run_seconds = time.monotonic() - started
