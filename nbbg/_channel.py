@@ -1,8 +1,8 @@
 """The progress channel: worker processes -> kernel, one socket per worker.
 
 Each worker opens one ``multiprocessing.connection`` to the kernel's
-listener (a Linux abstract AF_UNIX socket, or a socket file in a private
-directory elsewhere; an authkey guards it either way) and sends small tuples
+listener (a Linux abstract AF_UNIX socket; elsewhere the family
+multiprocessing picks, see ``_platform``; an authkey guards it either way) and sends small tuples
 ``(kind, job_id, payload)``. A job's ``set_progress`` only stores the latest
 value and, when the flush thread sleeps, wakes it; the flush thread sends
 the latest value at once, then rests ``FLUSH_INTERVAL``. So the job never
@@ -20,26 +20,19 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
+
+from ._platform import listener_address
 
 LOGGER = logging.getLogger("nbbg")
 
 FLUSH_INTERVAL = 0.002
 """Seconds the flush thread rests after a flush: the most a value waits behind another."""
 Message = tuple[str, str, Any]
-
-
-def _new_address() -> str:
-    if sys.platform.startswith("linux"):
-        return f"\0nbbg-{uuid.uuid4().hex}"
-    return os.path.join(tempfile.mkdtemp(prefix="nbbg-"), "progress.sock")
 
 
 class ProgressListener:
@@ -50,10 +43,10 @@ class ProgressListener:
     """
 
     def __init__(self, on_message: Callable[[Message], None]) -> None:
-        self.address = _new_address()
         self.authkey = os.urandom(32)
         self._on_message = on_message
-        self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
+        self._listener = Listener(listener_address(), authkey=self.authkey)
+        self.address: Any = self._listener.address  # the bound one (a port picked by the OS)
         self._closed = False
         threading.Thread(target=self._accept_loop, name="nbbg-accept", daemon=True).start()
 
@@ -95,7 +88,7 @@ class ProgressListener:
             return
         self._closed = True
         try:  # wake the accept() call so its thread ends
-            Client(self.address, family="AF_UNIX", authkey=self.authkey).close()
+            Client(self.address, authkey=self.authkey).close()
         except Exception:  # noqa: BLE001
             pass
         self._listener.close()
@@ -155,8 +148,8 @@ class JobReporter:
 class ProgressSender:
     """Worker side: one connection to the kernel and the flush thread."""
 
-    def __init__(self, address: str, authkey: bytes) -> None:
-        self._conn = Client(address, family="AF_UNIX", authkey=authkey)
+    def __init__(self, address: Any, authkey: bytes) -> None:
+        self._conn = Client(address, authkey=authkey)  # the family follows from the address
         self._send_lock = threading.Lock()
         self._active: JobReporter | None = None
         self._wake = threading.Event()

@@ -46,6 +46,7 @@ from ._errors import (
     WorkerDiedError,
 )
 from ._jobs import Job, JobEvent, JobFailure, JobSnapshot, JobState
+from ._process_owner import ProcessOwner
 from ._shipping import FunctionRegistry
 from ._slots import Slot
 from ._store import MISSING, read_result
@@ -91,6 +92,7 @@ class Engine:
         _check_worker_count(max_workers)
         self.store = store
         self.history = history
+        self.owner = ProcessOwner("nbbg manager")
         self._warm_up_args = (warm_modules, store.directory)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -253,6 +255,7 @@ class Engine:
             failure=failure,
             cache_hit=cache_hit,
         )
+        self.owner.check()
         with self._lock:
             self._jobs[job_id] = job
             event = JobEvent("state", self._snapshot(job))
@@ -263,6 +266,7 @@ class Engine:
 
     def cancel(self, job_id: str) -> bool:
         """Stop a queued or running job; False (and no effect) for any other id."""
+        self.owner.check()
         with self._lock:
             job = self._jobs.get(job_id) if isinstance(job_id, str) else None
             if job is None or not job.state.active:
@@ -279,6 +283,7 @@ class Engine:
 
     def fail(self, job_id: str, failure: JobFailure) -> None:
         """End an active job with ``failure``; mark a done job as failed."""
+        self.owner.check()
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -292,6 +297,19 @@ class Engine:
             else:
                 return
         self._emit(events)
+
+    def fail_running(self, job_id: str, worker_pid: int, failure: JobFailure) -> bool:
+        """End the job with ``failure`` if it still runs on ``worker_pid``
+        (replacing that worker, as a cancel does); False if it moved on meanwhile."""
+        self.owner.check()
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state is not JobState.RUNNING or job.worker_pid != worker_pid:
+                return False
+            events = self._end_job(job, JobState.ERROR, failure)
+            events += self._dispatch()
+        self._emit(events)
+        return True
 
     def get(self, job_id: str) -> JobSnapshot | None:
         with self._lock:
@@ -324,6 +342,7 @@ class Engine:
     def wait(self, job_id: str, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise why it did not."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.owner.check()  # in a fork, nothing would ever end the job
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -404,7 +423,13 @@ class Engine:
         return unsubscribe
 
     def shutdown(self) -> None:
-        """Cancel every job and stop every worker. Safe to call more than once."""
+        """Cancel every job and stop every worker. Safe to call more than once.
+
+        A no-op in a forked child (its exit handlers run this too): the
+        workers belong to the process that created the engine.
+        """
+        if not self.owner.is_current:
+            return
         with self._lock:
             if self._closed:
                 return
@@ -426,6 +451,7 @@ class Engine:
 
     # ---------------------------------------------------------------- internals
     def _ensure_open(self) -> None:
+        self.owner.check()
         if self._closed:
             raise ShutdownError()
 

@@ -110,6 +110,21 @@ class StoreError(NbbgError, OSError):
         )
 
 
+class WrongProcessError(NbbgError, RuntimeError):
+    """A manager used in a process forked from the one that created it."""
+
+    def __init__(self, what: str, owner_pid: int, pid: int) -> None:
+        self.owner_pid, self.pid = owner_pid, pid
+        super().__init__(
+            f"this {what} was created in process {owner_pid} and is used in process {pid}, "
+            "a fork of it (a server with several worker processes, gunicorn --preload, "
+            f"or a multiprocessing fork): its jobs and workers live in process {owner_pid} "
+            "only, so jobs would be lost here. Serve the app from one process with threads "
+            "(gunicorn -w 1 --threads 8 app:server, without --preload), or use CeleryManager "
+            "or RayManager to run jobs for several server processes"
+        )
+
+
 class JobFailedError(NbbgError, RuntimeError):
     """Raised by ``wait()`` for a job that ended with an error."""
 

@@ -7,17 +7,15 @@ kills only its own worker; a fresh executor (prewarmed) takes the slot.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
-from multiprocessing import resource_tracker
 from typing import Any
 
 from loky import ProcessPoolExecutor
 
 from . import _worker
+from ._platform import kill_process, sigint_blocked
 
 
 class Slot:
@@ -42,14 +40,8 @@ class Slot:
         # The first submit spawns the worker (fork + exec) from this thread.
         # Spawn it with SIGINT blocked, so an "interrupt kernel" that reaches
         # the process group before the initializer ignores SIGINT cannot kill it.
-        # Start multiprocessing's resource tracker first: the spawn needs it, and
-        # starting it unblocks SIGINT in this thread, undoing the mask.
-        resource_tracker.ensure_running()
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        with sigint_blocked():
             self._warming = executor.submit(_worker.warm_up, *self._warm_up_args)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return executor
 
     @property
@@ -93,10 +85,7 @@ class Slot:
         """Kill the worker (SIGKILL) and start a fresh one; return the old pid."""
         old_executor, old_pid = self.executor, self.worker_pid()
         if old_pid is not None:
-            try:
-                os.kill(old_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_process(old_pid)
         self.generation += 1
         self.job_id = None
         self.needs_restart = False
@@ -109,10 +98,7 @@ class Slot:
         """Kill the worker for good; return its pid."""
         pid = self.worker_pid()
         if pid is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_process(pid)
         self.generation += 1
         self.job_id = None
         _shutdown_in_background(self.executor)
