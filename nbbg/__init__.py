@@ -8,6 +8,7 @@ from ._errors import (
     BadProgressError,
     JobCancelledError,
     JobFailedError,
+    MemoryLimitError,
     NbbgError,
     PortInUseError,
     ShutdownError,
@@ -18,6 +19,7 @@ from ._errors import (
     UnpicklableResultError,
     UnreadableResultError,
     WorkerDiedError,
+    WrongProcessError,
 )
 from ._jobs import JobEvent, JobFailure, JobSnapshot, JobState
 
@@ -42,6 +44,7 @@ __all__ = [
     "JobsPanel",
     "JupyterDash",
     "LokyManager",
+    "MemoryLimitError",
     "NbbgError",
     "PortInUseError",
     "ShutdownError",
@@ -53,6 +56,7 @@ __all__ = [
     "UnreadableResultError",
     "WorkerDiedError",
     "WorkerInfo",
+    "WrongProcessError",
     "__version__",
     "kernel_manager",
     "load_ipython_extension",

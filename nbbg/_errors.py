@@ -99,6 +99,17 @@ class WorkerDiedError(NbbgError, RuntimeError):
         )
 
 
+class MemoryLimitError(NbbgError, MemoryError):
+    """A job's worker went over the manager's memory limit and was stopped."""
+
+    def __init__(self, callback_name: str, used: str, limit: str) -> None:
+        self.callback_name, self.used, self.limit = callback_name, used, limit
+        super().__init__(
+            f"`{callback_name}` stopped: used {used}, limit {limit}; raise memory_limit= "
+            "(LokyManager(memory_limit=...) or `%nbbg memory <size>`) or use less memory"
+        )
+
+
 class StoreError(NbbgError, OSError):
     """The result store cannot be read or written."""
 

@@ -6,12 +6,18 @@ adapter remembers the latest job per cache key for ``get_progress`` and
 ``get_updated_props``, answers ``cache_by`` hits from the store without
 running anything, and turns job failures into Dash's
 ``background_callback_error`` result so the browser shows them.
+
+In a process forked from the one that built it (a pre-fork server), the
+manager does not touch the engine: a callback fired there is handed a job that
+answers its first poll with :class:`WrongProcessError` as the callback's
+error, so the app shows why instead of a silent cancel.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +27,16 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 
 from ._dash_runner import run_dash_callback
 from ._engine import Engine, Subscriber, WorkerInfo
-from ._errors import NbbgError
+from ._errors import NbbgError, WrongProcessError
 from ._jobs import JobFailure, JobSnapshot, JobState
+from ._memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, parse_memory_limit
+from ._process_owner import current_pid
 from ._store import MISSING, open_store, read_result
 
 WARM_MODULES = ("dash", "nbbg._dash_runner")
+
+REFUSED_JOB_PREFIX = "refused-"
+"""Job ids handed out in a forked process: their poll answers the ``WrongProcessError``."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,10 @@ class LokyManager(BaseBackgroundCallbackManager):
     :param prewarm: start the workers now and return once they are ready (at
         most 30 s), so the first job runs at warm speed; ``False`` starts them
         at the first job instead.
+    :param memory_limit: the most memory (RSS) one job's worker may use; a job
+        going over it is stopped with ``MemoryLimitError``. Bytes, a size such
+        as ``"4GiB"`` or ``"300MB"``, ``None`` for no limit, or ``"auto"``
+        (default): half of the memory of the machine, or of its container.
     """
 
     def __init__(
@@ -78,11 +93,14 @@ class LokyManager(BaseBackgroundCallbackManager):
         cache_by: Callable[[], Any] | list[Callable[[], Any]] | None = None,
         expire: float | None = None,
         prewarm: bool = True,
+        memory_limit: MemoryLimitSpec = "auto",
     ) -> None:
+        limit = parse_memory_limit(memory_limit)  # bad input fails before workers start
         _warm_json_encoder()
         self.handle = open_store(cache)
         self.expire = expire
         self._engine = Engine(self.handle, max_workers, prewarm=prewarm, warm_modules=WARM_MODULES)
+        self._memory_guard = MemoryGuard(self._engine, limit)
         self._job_by_key: dict[str, str] = {}
         self._keys_lock = threading.Lock()
         super().__init__(cache_by)
@@ -113,6 +131,8 @@ class LokyManager(BaseBackgroundCallbackManager):
         return DashJobFunction(fn, bool(progress))
 
     def call_job_fn(self, key: str, job_fn: DashJobFunction, args: Any, context: Any) -> str:
+        if not self._engine.owner.is_current:
+            return f"{REFUSED_JOB_PREFIX}{uuid.uuid4().hex}"
         label = _label(context)
         if self.cache_by is not None and self._cached(key):
             job_id = self._engine.add_finished(job_fn.name, label, key)
@@ -162,17 +182,19 @@ class LokyManager(BaseBackgroundCallbackManager):
         answers 204 and the result never reaches the browser (1 job lost in
         about 40 000 in the load test).
         """
-        return job is not None and self._engine.awaits_delivery(str(job))
+        if job is None or not self._engine.owner.is_current:
+            return False
+        return self._engine.awaits_delivery(str(job))
 
     def terminate_job(self, job: Any) -> None:
-        if job is not None:
+        if job is not None and self._engine.owner.is_current:
             self._engine.cancel(str(job))
 
     def terminate_unhealthy_job(self, job: Any) -> bool:
         return False  # crashed workers are detected and replaced as they happen
 
     def get_progress(self, key: str) -> list[Any] | None:
-        job_id = self._job_for(key)
+        job_id = self._job_for(key) if self._engine.owner.is_current else None
         if job_id is None:
             return None
         found, value = self._engine.take_progress(job_id)
@@ -192,6 +214,9 @@ class LokyManager(BaseBackgroundCallbackManager):
         return self.cache_by is not None and self._cached(key)
 
     def get_result(self, key: str, job: Any) -> Any:
+        if not self._engine.owner.is_current or str(job).startswith(REFUSED_JOB_PREFIX):
+            error = WrongProcessError("LokyManager", self._engine.owner.pid, current_pid())
+            return {"background_callback_error": {"msg": str(error), "tb": ""}}
         snapshot = self._engine.get(str(job)) if job is not None else None
         if snapshot is None:
             return self._cached_result(key)
@@ -239,7 +264,7 @@ class LokyManager(BaseBackgroundCallbackManager):
         return self.UNDEFINED if value is MISSING else value
 
     def get_updated_props(self, key: str) -> dict[str, Any]:
-        job_id = self._job_for(key)
+        job_id = self._job_for(key) if self._engine.owner.is_current else None
         if job_id is None:
             return {}
         props = self._engine.take_props(job_id)
@@ -275,6 +300,16 @@ class LokyManager(BaseBackgroundCallbackManager):
     def max_workers(self) -> int:
         return self._engine.max_workers
 
+    @property
+    def memory_limit(self) -> MemoryLimit | None:
+        """The per-job memory limit (``None``: no limit); assign any form
+        ``memory_limit=`` takes to change it, also for running jobs."""
+        return self._memory_guard.limit
+
+    @memory_limit.setter
+    def memory_limit(self, value: MemoryLimitSpec) -> None:
+        self._memory_guard.limit = parse_memory_limit(value)
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Run ``fn(*args, **kwargs)`` in a worker, outside Dash; return the job id."""
         return self._engine.submit(fn, (args, kwargs))
@@ -307,13 +342,16 @@ class LokyManager(BaseBackgroundCallbackManager):
         self._engine.restart()
 
     def shutdown(self) -> None:
+        if self._engine.owner.is_current:
+            self._memory_guard.close()
         self._engine.shutdown()
 
     def __repr__(self) -> str:
         active = sum(1 for job in self._engine.jobs() if job.state.active)
+        limit = self.memory_limit
         return (
             f"<LokyManager max_workers={self.max_workers} active_jobs={active} "
-            f"store={self.handle.directory!r}>"
+            f"memory_limit={str(limit) if limit else None!r} store={self.handle.directory!r}>"
         )
 
 

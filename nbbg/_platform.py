@@ -33,7 +33,7 @@ HAS_SIGKILL = hasattr(signal, "SIGKILL")
 HAS_SIGMASK = hasattr(signal, "pthread_sigmask")
 HAS_OS_NICE = hasattr(os, "nice")
 HAS_ABSTRACT_SOCKETS = sys.platform.startswith("linux")
-CONNECTION_FAMILY: str = connection.default_family
+CONNECTION_FAMILY: str = connection.default_family  # type: ignore[attr-defined]  # not in typeshed
 """``AF_UNIX`` on Linux and macOS, ``AF_PIPE`` on Windows (multiprocessing's choice)."""
 
 WORKER_NICE_INCREMENT = 10
@@ -104,7 +104,7 @@ def listener_address() -> str | tuple[str, int]:
         return os.path.join(tempfile.mkdtemp(prefix="nbbg-"), "progress.sock")
     if CONNECTION_FAMILY == "AF_INET":
         return ("127.0.0.1", 0)  # the OS picks a free loopback port
-    return str(connection.arbitrary_address(CONNECTION_FAMILY))
+    return str(connection.arbitrary_address(CONNECTION_FAMILY))  # type: ignore[attr-defined]
 
 
 def lower_priority() -> None:
