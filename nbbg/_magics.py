@@ -1,4 +1,4 @@
-"""The ``%nbbg`` line magic: status, cancel, worker count, restart, panel.
+"""The ``%nbbg`` line magic: status, cancel, worker count, memory limit, restart, panel.
 
 It acts on the kernel's manager (the one ``%load_ext nbbg`` created) and,
 for ``cancel``, on every job the kernel's managers know. A bad command
@@ -21,6 +21,7 @@ usage:
   %nbbg                    workers and jobs of this kernel
   %nbbg cancel <id|all>    stop a queued or running job (its id, or the first characters) or all
   %nbbg workers <n>        run n jobs at once (resize the worker pool)
+  %nbbg memory <size|none> stop a job whose worker uses more (e.g. 4GiB, 500MB, auto, none)
   %nbbg restart            fresh workers, e.g. after editing an imported module
   %nbbg panel              show the jobs panel of every job in this kernel"""
 
@@ -42,6 +43,7 @@ def status(manager: LokyManager) -> str:
         f"pid {w.pid} " + (f"running {w.job_id[:8]}" if w.job_id else "idle") for w in workers
     )
     lines = [f"nbbg: {len(workers)} worker{'s' if len(workers) != 1 else ''} ({described})"]
+    lines.append(memory_text(manager))
     lines.append(text_table("jobs", [job for _source, job in _kernel_jobs()], STATUS_ROWS))
     return "\n".join(lines)
 
@@ -71,6 +73,22 @@ def _worker_count(text: str) -> int:
     return count
 
 
+def memory_text(manager: LokyManager) -> str:
+    limit = manager.memory_limit
+    return f"memory limit per job: {limit if limit is not None else 'none'}"
+
+
+def _set_memory_limit(manager: LokyManager, text: str) -> str:
+    try:
+        manager.memory_limit = text
+    except ValueError:
+        raise UsageError(
+            "`%nbbg memory` takes a size such as 4GiB, 300MB or 1.5 GB, auto (half of this "
+            f"machine's memory) or none (no limit); not {text!r}"
+        ) from None
+    return f"nbbg: {memory_text(manager)}"
+
+
 def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | None:
     """Carry out one ``%nbbg`` line; return the text to print."""
     command, *args = line.split() or ["status"]
@@ -82,6 +100,8 @@ def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | N
         count = _worker_count(args[0])
         manager.resize(count)
         return f"nbbg: {count} worker{'s' if count != 1 else ''}"
+    if command == "memory" and args:
+        return _set_memory_limit(manager, " ".join(args))  # "1.5 GB" is two words
     if command == "restart" and not args:
         manager.restart()
         return "nbbg: fresh workers (running jobs finish on their old worker first)"
