@@ -32,6 +32,7 @@ from ._jobs import JobFailure, JobSnapshot, JobState
 from ._memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, parse_memory_limit
 from ._process_owner import current_pid
 from ._store import MISSING, open_store, read_result
+from ._worker import in_worker
 
 WARM_MODULES = ("dash", "nbbg._dash_runner")
 
@@ -99,6 +100,10 @@ class LokyManager(BaseBackgroundCallbackManager):
         _warm_json_encoder()
         self.handle = open_store(cache)
         self.expire = expire
+        # A worker that imports the app's module to find a callback (an app
+        # served by gunicorn: callbacks pickle by reference) builds the
+        # module's manager again: it must not start a pool of its own.
+        prewarm = prewarm and not in_worker()
         self._engine = Engine(self.handle, max_workers, prewarm=prewarm, warm_modules=WARM_MODULES)
         self._memory_guard = MemoryGuard(self._engine, limit)
         self._job_by_key: dict[str, str] = {}

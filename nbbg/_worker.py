@@ -91,6 +91,11 @@ def initialize(owner_pid: int, channel_address: Any, authkey: bytes) -> None:
     _state = _WorkerState(ProgressSender(channel_address, authkey))
 
 
+def in_worker() -> bool:
+    """Whether this process is an nbbg worker (its initializer has run)."""
+    return _state is not None
+
+
 def warm_up(modules: tuple[str, ...], store_directory: str) -> int:
     """Import what jobs will need and open the store, so the first job does not pay for it.
 
