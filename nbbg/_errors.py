@@ -136,6 +136,18 @@ class WrongProcessError(NbbgError, RuntimeError):
         )
 
 
+class TemporaryStoreWarning(UserWarning):
+    """The default store directory cannot be created; a temporary store is used instead."""
+
+    def __init__(self, directory: str, cause: BaseException, temporary: str) -> None:
+        super().__init__(
+            f"nbbg cannot create its result store in {directory} ({type(cause).__name__}: "
+            f"{cause}), so it uses {temporary}: results and cache_by entries will not outlive "
+            "this kernel; set XDG_CACHE_HOME to a writable directory, or pass "
+            "LokyManager(cache=<directory>), to keep them"
+        )
+
+
 class JobFailedError(NbbgError, RuntimeError):
     """Raised by ``wait()`` for a job that ended with an error."""
 
