@@ -34,6 +34,9 @@ FLUSH_INTERVAL = 0.002
 """Seconds the flush thread rests after a flush: the most a value waits behind another."""
 Message = tuple[str, str, Any]
 
+CLOSE_TIMEOUT = 2.0
+"""Seconds ``ProgressListener.close`` waits at most for its accept thread to wake."""
+
 
 class ProgressListener:
     """Kernel side: accepts worker connections and hands messages to a callback.
@@ -87,11 +90,20 @@ class ProgressListener:
         if self._closed:
             return
         self._closed = True
-        try:  # wake the accept() call so its thread ends
-            Client(self.address, authkey=self.authkey).close()
-        except Exception:  # noqa: BLE001
-            pass
+        # Wake the accept() call so its thread ends. The wake-up connection's
+        # handshake needs that thread, which may still be in the handshake of
+        # a worker being killed: wait for it a bounded time, never for ever
+        # (a shutdown once hung here in a test, not reproduced since).
+        waker = threading.Thread(target=self._wake_accept, name="nbbg-accept-wake", daemon=True)
+        waker.start()
+        waker.join(CLOSE_TIMEOUT)
         self._listener.close()
+
+    def _wake_accept(self) -> None:
+        try:
+            Client(self.address, authkey=self.authkey).close()
+        except Exception:  # noqa: BLE001 - the listener may be gone already
+            pass
 
 
 class JobReporter:
