@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 import nbbg
+from nbbg import _memory_guard as memory_guard
 from nbbg._memory_guard import MemoryLimit, default_memory_limit, parse_memory_limit, usable_memory
 from nbbg._rows import row_view
 from tests.helpers import pid_gone, wait_until
@@ -101,7 +102,7 @@ def test_a_job_just_under_the_limit_finishes(limited: nbbg.LokyManager) -> None:
     assert LIMIT - 80 * MiB < peak < LIMIT, f"the job held {peak / MiB:.0f} MiB"
 
 
-def test_no_limit_lets_a_job_grow_past_what_the_default_would_stop(
+def test_no_limit_lets_a_job_grow_and_a_new_limit_holds_for_the_next_job(
     store_dir: Path,
 ) -> None:
     mgr = nbbg.LokyManager(max_workers=1, cache=str(store_dir), memory_limit=None)
@@ -162,6 +163,19 @@ def test_the_default_is_half_the_memory_and_is_shown_in_both_units() -> None:
     assert usable_memory() <= psutil.virtual_memory().total
     assert str(MemoryLimit(int(4.3 * 2**30))) == "4.3 GiB"
     assert str(MemoryLimit(300 * 10**6, decimal=True)) == "300 MB"
+
+
+def test_on_a_2_gb_binder_the_default_is_1_gib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Binder's container is killed at 2 GB while psutil reports the host's RAM."""
+    memory_max = tmp_path / "memory.max"  # what cgroup v2 shows inside the container
+    memory_max.write_text(f"{2 * 2**30}\n")
+    monkeypatch.setattr(memory_guard, "CGROUP_LIMIT_FILES", ("/nonexistent", str(memory_max)))
+    assert usable_memory() == min(2 * 2**30, psutil.virtual_memory().total)
+    assert str(default_memory_limit()) == "1 GiB"
+    memory_max.write_text("max\n")  # no container limit: the RAM counts
+    assert usable_memory() == psutil.virtual_memory().total
 
 
 def test_percent_nbbg_shows_and_changes_the_limit(tmp_path: Path) -> None:
