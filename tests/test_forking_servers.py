@@ -183,3 +183,49 @@ def test_one_process_with_threads_runs_callbacks_end_to_end(tmp_path: Path) -> N
         # The workers imported app.py to find `work` (it pickles by reference), and
         # so built its manager again: that copy starts no workers of its own.
         assert len(_loky_workers(master.pid)) == 2
+
+
+FORK_FROM_KERNEL = textwrap.dedent(
+    """
+    import multiprocessing, os, sys, time
+    import nbbg
+
+    manager = nbbg.LokyManager(max_workers=2, cache=sys.argv[1])
+    workers = sorted(w.pid for w in manager.workers())
+
+    def use_it_in_the_child():
+        for attempt in (lambda: manager.submit(sum, [1]), lambda: manager.cancel("x")):
+            try:
+                attempt()
+            except nbbg.WrongProcessError as error:
+                print("refused:", error, flush=True)
+        manager.shutdown()  # a no-op here, as at the child's exit
+
+    child = multiprocessing.get_context("fork").Process(target=use_it_in_the_child)
+    child.start()
+    child.join(30)
+    if os.fork() == 0:  # a plain fork that exits through its atexit handlers
+        use_it_in_the_child()
+        sys.exit(0)
+    os.wait()
+    print("workers kept:", sorted(w.pid for w in manager.workers()) == workers, flush=True)
+    print("still works:", manager.wait(manager.submit(sum, [1, 2]), timeout=30), flush=True)
+    """
+)
+
+
+def test_a_fork_of_the_kernel_is_refused_and_leaves_the_workers_alone(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_FROM_KERNEL, str(tmp_path / "store")],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    refusals = [line for line in lines if line.startswith("refused: ")]
+    assert len(refusals) == 4, done.stdout
+    assert all("a fork of it" in line and "gunicorn -w 1 --threads 8" in line for line in refusals)
+    assert lines[-2:] == ["workers kept: True", "still works: 3"]
+    assert "Exception ignored" not in done.stderr, done.stderr
