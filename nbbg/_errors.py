@@ -99,6 +99,17 @@ class WorkerDiedError(NbbgError, RuntimeError):
         )
 
 
+class MemoryLimitError(NbbgError, MemoryError):
+    """A job's worker went over the manager's memory limit and was stopped."""
+
+    def __init__(self, callback_name: str, used: str, limit: str) -> None:
+        self.callback_name, self.used, self.limit = callback_name, used, limit
+        super().__init__(
+            f"`{callback_name}` stopped: used {used}, limit {limit}; raise memory_limit= "
+            "(LokyManager(memory_limit=...) or `%nbbg memory <size>`) or use less memory"
+        )
+
+
 class StoreError(NbbgError, OSError):
     """The result store cannot be read or written."""
 
@@ -107,6 +118,33 @@ class StoreError(NbbgError, OSError):
             f"the nbbg result store at {directory!r} cannot be used "
             f"({type(cause).__name__}: {cause}); check that the directory exists "
             "and is writable, or pass LokyManager(cache=<another directory>)"
+        )
+
+
+class WrongProcessError(NbbgError, RuntimeError):
+    """A manager used in a process forked from the one that created it."""
+
+    def __init__(self, what: str, owner_pid: int, pid: int) -> None:
+        self.owner_pid, self.pid = owner_pid, pid
+        super().__init__(
+            f"this {what} was created in process {owner_pid} and is used in process {pid}, "
+            "a fork of it (a server with several worker processes, gunicorn --preload, "
+            f"or a multiprocessing fork): its jobs and workers live in process {owner_pid} "
+            "only, so jobs would be lost here. Serve the app from one process with threads "
+            "(gunicorn -w 1 --threads 8 app:server, without --preload), or use CeleryManager "
+            "or RayManager to run jobs for several server processes"
+        )
+
+
+class TemporaryStoreWarning(UserWarning):
+    """The default store directory cannot be created; a temporary store is used instead."""
+
+    def __init__(self, directory: str, cause: BaseException, temporary: str) -> None:
+        super().__init__(
+            f"nbbg cannot create its result store in {directory} ({type(cause).__name__}: "
+            f"{cause}), so it uses {temporary}: results and cache_by entries will not outlive "
+            "this kernel; set XDG_CACHE_HOME to a writable directory, or pass "
+            "LokyManager(cache=<directory>), to keep them"
         )
 
 

@@ -7,11 +7,17 @@ taken yet (``Deliveries``), answers ``cache_by`` hits from the store without
 running anything, records which app started each job (the job's ``origin``),
 and turns job failures into Dash's ``background_callback_error`` result
 (``outcomes``) so the browser shows them.
+
+In a process forked from the one that built it (a pre-fork server), the
+manager does not touch the engine: a callback fired there is handed a job that
+answers its first poll with :class:`WrongProcessError` as the callback's
+error, so the app shows why instead of a silent cancel.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +28,12 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 from .._engine.engine import Engine
 from .._engine.events import Subscriber
 from .._engine.jobs import JobFailure, JobSnapshot, JobState
+from .._engine.memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, parse_memory_limit
+from .._engine.process_owner import current_pid
 from .._engine.slots import WorkerInfo
 from .._engine.store import MISSING, open_store, read_result
-from .._errors import NbbgError
+from .._engine.worker import in_worker
+from .._errors import NbbgError, WrongProcessError
 from .delivery import Deliveries
 from .outcomes import (
     bad_update_error,
@@ -38,6 +47,9 @@ from .private import serving_app_id
 from .runner import run_dash_callback
 
 WARM_MODULES = ("dash", "nbbg._dash.runner")
+
+REFUSED_JOB_PREFIX = "refused-"
+"""Job ids handed out in a forked process: their poll answers the ``WrongProcessError``."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,10 @@ class LokyManager(BaseBackgroundCallbackManager):
     :param prewarm: start the workers now and return once they are ready (at
         most 30 s), so the first job runs at warm speed; ``False`` starts them
         at the first job instead.
+    :param memory_limit: the most memory (RSS) one job's worker may use; a job
+        going over it is stopped with ``MemoryLimitError``. Bytes, a size such
+        as ``"4GiB"`` or ``"300MB"``, ``None`` for no limit, or ``"auto"``
+        (default): half of the memory of the machine, or of its container.
     """
 
     def __init__(
@@ -100,7 +116,9 @@ class LokyManager(BaseBackgroundCallbackManager):
         cache_by: Callable[[], Any] | list[Callable[[], Any]] | None = None,
         expire: float | None = None,
         prewarm: bool = True,
+        memory_limit: MemoryLimitSpec = "auto",
     ) -> None:
+        limit = parse_memory_limit(memory_limit)  # bad input fails before workers start
         warm_json_encoder()
         self.handle = open_store(cache)
         self.expire = expire
@@ -108,10 +126,14 @@ class LokyManager(BaseBackgroundCallbackManager):
         self._engine = Engine(
             self.handle,
             max_workers,
-            prewarm=prewarm,
+            # A worker that imports the app's module to find a callback (an app
+            # served by gunicorn: callbacks pickle by reference) builds the
+            # module's manager again: it must not start a pool of its own.
+            prewarm=prewarm and not in_worker(),
             warm_modules=WARM_MODULES,
             hooks=self._deliveries,
         )
+        self._memory_guard = MemoryGuard(self._engine, limit)
         super().__init__(cache_by)  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------ cache_by
@@ -140,6 +162,8 @@ class LokyManager(BaseBackgroundCallbackManager):
         return DashJobFunction(fn, bool(progress))
 
     def call_job_fn(self, key: str, job_fn: DashJobFunction, args: Any, context: Any) -> str:
+        if not self._engine.owner.is_current:
+            return f"{REFUSED_JOB_PREFIX}{uuid.uuid4().hex}"
         label, origin = trigger_label(context), AppOrigin(serving_app_id())
         if self.cache_by is not None and self._cached(key):
             job_id = self._engine.add_finished(job_fn.name, label, key, origin)
@@ -168,6 +192,10 @@ class LokyManager(BaseBackgroundCallbackManager):
         except Exception:  # noqa: BLE001 - a broken store is a miss, the job reports the error
             return False
 
+    def _job_for(self, key: str | None) -> str | None:
+        """The latest job of ``key`` (None in a forked process: its jobs are not here)."""
+        return self._deliveries.job_for(key) if self._engine.owner.is_current else None
+
     def job_running(self, job: Any) -> bool:
         """Whether the browser should keep polling: the job is queued or running,
         or it has ended and ``get_result`` has not handed its outcome over yet.
@@ -176,17 +204,19 @@ class LokyManager(BaseBackgroundCallbackManager):
         job ending between the two would otherwise look cancelled: the poll
         answers 204 and the result never reaches the browser.
         """
-        return job is not None and self._engine.awaits_collection(str(job))
+        if job is None or not self._engine.owner.is_current:
+            return False
+        return self._engine.awaits_collection(str(job))
 
     def terminate_job(self, job: Any) -> None:
-        if job is not None:
+        if job is not None and self._engine.owner.is_current:
             self._engine.cancel(str(job))
 
     def terminate_unhealthy_job(self, job: Any) -> bool:
         return False  # crashed workers are detected and replaced as they happen
 
     def get_progress(self, key: str) -> list[Any] | None:
-        job_id = self._deliveries.job_for(key)
+        job_id = self._job_for(key)
         taken = self._deliveries.take_progress(job_id) if job_id else None
         if job_id is None or taken is None:
             return None
@@ -198,13 +228,16 @@ class LokyManager(BaseBackgroundCallbackManager):
         return list(value)
 
     def result_ready(self, key: str) -> bool:
-        job_id = self._deliveries.job_for(key)
+        job_id = self._job_for(key)
         snapshot = self._engine.get(job_id) if job_id else None
         if snapshot is not None:
             return not snapshot.state.active
         return self.cache_by is not None and self._cached(key)
 
     def get_result(self, key: str, job: Any) -> Any:
+        if not self._engine.owner.is_current or str(job).startswith(REFUSED_JOB_PREFIX):
+            error = WrongProcessError("LokyManager", self._engine.owner.pid, current_pid())
+            return {"background_callback_error": {"msg": str(error), "tb": ""}}
         snapshot = self._engine.get(str(job)) if job is not None else None
         if snapshot is None:
             return self._cached_result(key)
@@ -245,7 +278,7 @@ class LokyManager(BaseBackgroundCallbackManager):
         return self.UNDEFINED if value is MISSING else value
 
     def get_updated_props(self, key: str) -> dict[str, Any]:
-        job_id = self._deliveries.job_for(key)
+        job_id = self._job_for(key)
         if job_id is None:
             return {}
         props = self._deliveries.take_props(job_id)
@@ -282,6 +315,16 @@ class LokyManager(BaseBackgroundCallbackManager):
     def max_workers(self) -> int:
         return self._engine.max_workers
 
+    @property
+    def memory_limit(self) -> MemoryLimit | None:
+        """The per-job memory limit (``None``: no limit); assign any form
+        ``memory_limit=`` takes to change it, also for running jobs."""
+        return self._memory_guard.limit
+
+    @memory_limit.setter
+    def memory_limit(self, value: MemoryLimitSpec) -> None:
+        self._memory_guard.limit = parse_memory_limit(value)
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Run ``fn(*args, **kwargs)`` in a worker, outside Dash; return the job id."""
         return self._engine.submit(fn, (args, kwargs))
@@ -314,11 +357,14 @@ class LokyManager(BaseBackgroundCallbackManager):
         self._engine.restart()
 
     def shutdown(self) -> None:
+        if self._engine.owner.is_current:
+            self._memory_guard.close()
         self._engine.shutdown()
 
     def __repr__(self) -> str:
         active = sum(1 for job in self._engine.jobs() if job.state.active)
+        limit = self.memory_limit
         return (
             f"<LokyManager max_workers={self.max_workers} active_jobs={active} "
-            f"store={self.handle.directory!r}>"
+            f"memory_limit={str(limit) if limit else None!r} store={self.handle.directory!r}>"
         )

@@ -1,9 +1,9 @@
 """The progress channel: worker processes -> kernel, one socket per worker.
 
 Each worker opens one ``multiprocessing.connection`` to the kernel's
-listener (a Linux abstract AF_UNIX socket, or a socket file in a private
-directory elsewhere; an authkey guards it either way) and sends small tuples
-:class:`Report` messages. A job's ``set_progress`` only stores the latest
+listener (a Linux abstract AF_UNIX socket; elsewhere the family
+multiprocessing picks, see ``platform``; an authkey guards it either way) and
+sends :class:`Report` messages. A job's ``set_progress`` only stores the latest
 value and, when the flush thread sleeps, wakes it; the flush thread sends
 the latest value at once, then rests ``FLUSH_INTERVAL``. So the job never
 blocks on the kernel, a lone update leaves the worker within a thread switch,
@@ -23,14 +23,13 @@ import contextlib
 import enum
 import logging
 import os
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, NamedTuple
+
+from .platform import listener_address
 
 LOGGER = logging.getLogger("nbbg")
 
@@ -52,10 +51,8 @@ class Report(NamedTuple):
     payload: Any
 
 
-def _new_address() -> str:
-    if sys.platform.startswith("linux"):
-        return f"\0nbbg-{uuid.uuid4().hex}"
-    return os.path.join(tempfile.mkdtemp(prefix="nbbg-"), "progress.sock")
+CLOSE_TIMEOUT = 2.0
+"""Seconds ``ProgressListener.close`` waits at most for its accept thread to wake."""
 
 
 class ProgressListener:
@@ -66,10 +63,10 @@ class ProgressListener:
     """
 
     def __init__(self, on_message: Callable[[Report], None]) -> None:
-        self.address = _new_address()
         self.authkey = os.urandom(32)
         self._on_message = on_message
-        self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
+        self._listener = Listener(listener_address(), authkey=self.authkey)
+        self.address: Any = self._listener.address  # the bound one (a port picked by the OS)
         self._closed = False
         threading.Thread(target=self._accept_loop, name="nbbg-accept", daemon=True).start()
 
@@ -110,9 +107,18 @@ class ProgressListener:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(Exception):  # wake the accept() call so its thread ends
-            Client(self.address, family="AF_UNIX", authkey=self.authkey).close()
+        # Wake the accept() call so its thread ends. The wake-up connection's
+        # handshake needs that thread, which may still be in the handshake of
+        # a worker being killed: wait for it a bounded time, never for ever
+        # (a shutdown once hung here in a test, not reproduced since).
+        waker = threading.Thread(target=self._wake_accept, name="nbbg-accept-wake", daemon=True)
+        waker.start()
+        waker.join(CLOSE_TIMEOUT)
         self._listener.close()
+
+    def _wake_accept(self) -> None:
+        with contextlib.suppress(Exception):  # the listener may be gone already
+            Client(self.address, authkey=self.authkey).close()
 
 
 class JobReporter:
@@ -169,8 +175,8 @@ class JobReporter:
 class ProgressSender:
     """Worker side: one connection to the kernel and the flush thread."""
 
-    def __init__(self, address: str, authkey: bytes) -> None:
-        self._conn = Client(address, family="AF_UNIX", authkey=authkey)
+    def __init__(self, address: Any, authkey: bytes) -> None:
+        self._conn = Client(address, authkey=authkey)  # the family follows from the address
         self._send_lock = threading.Lock()
         self._active: JobReporter | None = None
         self._wake = threading.Event()

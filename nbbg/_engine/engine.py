@@ -22,7 +22,6 @@ import contextlib
 import os
 import pickle
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -32,18 +31,16 @@ import cloudpickle
 import diskcache
 
 from .._errors import (
-    JobCancelledError,
-    JobFailedError,
-    NbbgError,
     ShutdownError,
-    UnknownJobError,
     UnpicklableArgumentsError,
 )
 from . import worker
 from .channel import ProgressListener, Report
+from .collect import Collector
 from .dispatch import MESSAGE_GRACE, Dispatcher, Effects
 from .events import EngineHooks, EventHub, Subscriber
 from .jobs import Job, JobEvent, JobFailure, JobSnapshot, JobState
+from .process_owner import ProcessOwner
 from .shipping import FunctionRegistry
 from .slots import (
     Slot,
@@ -53,7 +50,6 @@ from .slots import (
     check_worker_count,
     start_worker,
 )
-from .store import MISSING, read_result
 from .table import HISTORY, JobTable, QueuedJob
 
 PREWARM_TIMEOUT = 30.0
@@ -77,6 +73,7 @@ class Engine:
             max_workers = os.cpu_count() or 1
         check_worker_count(max_workers)
         self.store = store
+        self.owner = ProcessOwner("nbbg manager")
         self._hooks = hooks
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -87,6 +84,7 @@ class Engine:
         self._initargs = (os.getpid(), self._listener.address, self._listener.authkey)
         self._warm_up_args = (warm_modules, store.directory)
         self._table = JobTable(history)
+        self._collector = Collector(self._changed, self._table, store, self.fail)
         self._pool = SlotPool(max_workers)
         self._dispatcher = Dispatcher(
             self._table,
@@ -190,6 +188,7 @@ class Engine:
         return self._add_ended(Job.ended(name, label, "", JobState.ERROR, failure, origin))
 
     def _add_ended(self, job: Job) -> str:
+        self.owner.check()
         with self._step() as fx:
             fx.events.append(self._table.add(job))
             fx.forgotten += self._table.sweep()
@@ -198,6 +197,7 @@ class Engine:
 
     def cancel(self, job_id: str) -> bool:
         """Stop a queued or running job; False (and no effect) for any other id."""
+        self.owner.check()
         with self._step() as fx:
             job = self._table.get(job_id)
             if job is None or not job.state.active:
@@ -214,6 +214,7 @@ class Engine:
 
     def fail(self, job_id: str, failure: JobFailure) -> None:
         """End an active job with ``failure``; mark a done job as failed."""
+        self.owner.check()
         with self._step() as fx:
             job = self._table.get(job_id)
             if job is None:
@@ -226,6 +227,19 @@ class Engine:
                 fx.events.append(JobEvent("state", self._table.snapshot(job)))
             self._changed.notify_all()
 
+    def fail_running(self, job_id: str, worker_pid: int, failure: JobFailure) -> bool:
+        """End the job with ``failure`` if it still runs on ``worker_pid`` (replacing
+        that worker, as a cancel does); False if it moved on meanwhile."""
+        self.owner.check()
+        with self._step() as fx:
+            job = self._table.get(job_id)
+            if job is None or job.state is not JobState.RUNNING or job.worker_pid != worker_pid:
+                return False
+            self._dispatcher.end(job, JobState.ERROR, failure, fx)
+            self._dispatcher.dispatch(fx)
+            self._changed.notify_all()
+        return True
+
     def get(self, job_id: str) -> JobSnapshot | None:
         with self._lock:
             job = self._table.get(job_id)
@@ -237,70 +251,23 @@ class Engine:
             return self._table.snapshots()
 
     def result(self, job_id: str) -> Any:
-        """The stored result of a done job (now counted as collected), or ``MISSING``.
+        """The stored result of a done job (now collected), or ``MISSING``: see ``Collector``."""
+        return self._collector.result(job_id)
 
-        A result that cannot be read fails the job (so the panel agrees with
-        the app) and raises ``StoreError`` or ``UnreadableResultError``.
-        """
-        with self._lock:
-            job = self._table.get(job_id)
-            if job is None or not job.result_key:
-                return MISSING
-            key, name = job.result_key, job.name
-        try:
-            value = read_result(self.store, key, name)
-        except NbbgError as exc:
-            self.fail(job_id, JobFailure(str(exc)))
-            self.mark_collected(job_id)
-            raise
-        self.mark_collected(job_id)
-        return value
+    def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Block until the job ends; return its result or raise why it did not."""
+        self.owner.check()  # in a fork, nothing would ever end the job
+        return self._collector.wait(job_id, timeout)
 
     def awaits_collection(self, job_id: str) -> bool:
-        """Whether the job is active, or ended done or failed and its outcome
-        has not been collected (``result``, ``wait``, ``mark_collected``) yet."""
+        """Active, or ended done or failed with its outcome not collected yet."""
         with self._lock:
             job = self._table.get(job_id)
             return job is not None and job.awaits_collection
 
     def mark_collected(self, job_id: str) -> None:
         """Record that the job's result or error has been handed to its reader."""
-        with self._lock:
-            job = self._table.get(job_id)
-            if job is not None:
-                job.collected = True
-
-    def wait(self, job_id: str, timeout: float | None = None) -> Any:
-        """Block until the job ends; return its result or raise why it did not."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            job = self._table.get(job_id)
-            if job is None:
-                raise UnknownJobError(job_id)
-            while job.state.active:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(
-                        f"job {job_id} ({job.name}) still {job.state.value} after {timeout} s"
-                    )
-                self._changed.wait(remaining)
-            state, failure = job.state, job.failure
-            if state is not JobState.DONE:
-                job.collected = True
-        if state is JobState.CANCELLED:
-            raise JobCancelledError(job_id)
-        if state is JobState.ERROR:
-            assert failure is not None
-            raise JobFailedError(job_id, failure.message, failure.traceback)
-        try:
-            value = self.result(job_id)
-        except NbbgError as exc:
-            raise JobFailedError(job_id, str(exc)) from exc
-        if value is MISSING:
-            raise JobFailedError(
-                job_id, "the result is no longer in the store (expired or evicted)"
-            )
-        return value
+        self._collector.mark(job_id)
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call ``subscriber(event)`` on every state change and progress report.
@@ -311,7 +278,13 @@ class Engine:
         return self._events.subscribe(subscriber)
 
     def shutdown(self) -> None:
-        """Cancel every job and stop every worker. Safe to call more than once."""
+        """Cancel every job and stop every worker. Safe to call more than once.
+
+        A no-op in a forked child (its exit handlers run this too): the
+        workers belong to the process that created the engine.
+        """
+        if not self.owner.is_current:
+            return
         fx = Effects()
         with self._lock:
             if self._closed:
@@ -339,6 +312,7 @@ class Engine:
         self._carry_out(fx)
 
     def _ensure_open(self) -> None:
+        self.owner.check()
         if self._closed:
             raise ShutdownError()
 

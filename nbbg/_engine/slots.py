@@ -13,20 +13,17 @@ worker the engine then gives the slot with :meth:`Slot.attach`.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
-from multiprocessing import resource_tracker
 from typing import Any
 
 from loky import ProcessPoolExecutor
 
 from . import worker
+from .platform import kill_process, sigint_blocked
 
 
 @dataclass(frozen=True)
@@ -46,14 +43,8 @@ def start_worker(initargs: tuple[Any, ...], warm_up_args: tuple[Any, ...]) -> St
     # The first submit spawns the worker (fork + exec) from this thread.
     # Spawn it with SIGINT blocked, so an "interrupt kernel" that reaches
     # the process group before the initializer ignores SIGINT cannot kill it.
-    # Start multiprocessing's resource tracker first: the spawn needs it, and
-    # starting it unblocks SIGINT in this thread, undoing the mask.
-    resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
+    with sigint_blocked():
         warming = executor.submit(worker.warm_up, *warm_up_args)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return StartedWorker(executor, warming)
 
 
@@ -144,7 +135,7 @@ class Slot:
         """SIGKILL the worker and forget its job; return its pid. :meth:`attach` follows."""
         old_worker, old_pid = self._worker, self.worker_pid()
         if old_pid is not None:
-            _kill(old_pid)
+            kill_process(old_pid)
         self.generation += 1
         self.job_id = None
         self.needs_restart = False
@@ -219,11 +210,6 @@ class SlotPool:
         for slot in self.slots:
             slot.kill()
         self.slots = []
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _shutdown_in_background(executor: ProcessPoolExecutor) -> None:

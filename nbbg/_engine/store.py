@@ -4,6 +4,14 @@ Workers write each job's pickled result under the job's result key; the
 kernel reads it when Dash (or ``wait()``) asks. ``cache_by`` entries live here
 too, so they survive a kernel restart when the same directory is used.
 
+When the default directory cannot be created (a read-only or missing home,
+as some containers and hubs have), nbbg falls back to a private temporary
+store, removed when the kernel exits, and warns once: failing instead would
+make ``%load_ext nbbg`` (which takes no arguments) unusable there, while all
+the fallback costs is that results and ``cache_by`` entries do not outlive
+the kernel. A directory the user names is never replaced: it fails with
+``StoreError``.
+
 A :class:`Store` (what nbbg opens for a directory) outlives its files: when the
 directory or its database is deleted or replaced during a run, every process
 reopens it (recreated private) at its next use; a corrupt database is set
@@ -13,18 +21,22 @@ on a fresh one. A ``diskcache.Cache`` passed in by the user is used as is.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
+import shutil
 import sqlite3
 import stat
+import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import diskcache
 from diskcache.core import DBNAME
 
-from .._errors import StoreError, UnreadableResultError
+from .._errors import StoreError, TemporaryStoreWarning, UnreadableResultError
 
 DEFAULT_SIZE_LIMIT = 2**30
 """1 GiB: diskcache evicts the least recently stored entries beyond it."""
@@ -153,20 +165,42 @@ def open_store(cache: diskcache.Cache | str | os.PathLike[str] | None) -> diskca
             "not a FanoutCache: pass diskcache.Cache(directory) or the directory"
         )
     if cache is None:
-        directory = default_store_directory()
-        _make_private_directory(directory)
-    elif isinstance(cache, (str, os.PathLike)):
+        return _open_default_store()
+    if isinstance(cache, (str, os.PathLike)):
         directory = Path(cache)
-        _make_private_directory(directory)
     else:
         raise TypeError(
             f"LokyManager(cache=...) takes a diskcache.Cache or a directory path, "
             f"not {type(cache).__name__}"
         )
     try:
+        _make_private_directory(directory)
         return Store(str(directory), size_limit=DEFAULT_SIZE_LIMIT)
     except Exception as exc:
         raise StoreError(str(directory), exc) from exc
+
+
+def _open_default_store() -> Store:
+    """The store in the default directory, or a temporary one when that cannot be made."""
+    directory = default_store_directory()
+    try:
+        _make_private_directory(directory)
+        return Store(str(directory), size_limit=DEFAULT_SIZE_LIMIT)
+    except Exception as exc:  # noqa: BLE001 - OSError or sqlite3's errors: any means "not here"
+        problem = exc
+    try:
+        temporary = tempfile.mkdtemp(prefix="nbbg-store-")  # mode 0700
+        store = Store(temporary, size_limit=DEFAULT_SIZE_LIMIT)
+    except Exception as exc:
+        raise StoreError(str(directory), problem) from exc
+    atexit.register(_remove_temporary_store, temporary, os.getpid())
+    warnings.warn(TemporaryStoreWarning(str(directory), problem, temporary), stacklevel=4)
+    return store
+
+
+def _remove_temporary_store(directory: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # a forked child's exit must not remove its parent's store
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 MISSING = object()

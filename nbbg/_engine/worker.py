@@ -1,7 +1,9 @@
 """What runs inside a loky worker process.
 
 ``initialize`` runs once per worker: it ignores SIGINT (a notebook "interrupt
-kernel" signals the whole process group and must not kill jobs), starts a
+kernel" signals the whole process group and must not kill jobs), lowers the
+worker's CPU priority below the kernel's (so Dash's requests, the panel and
+the next cell get the CPU first when every core is busy), starts a
 watchdog that ends the worker when the kernel that owns it dies, and opens the
 progress channel. ``run_job`` runs one job: it takes the callable from the
 per-worker cache (or unpickles the payload that came with the job), calls it
@@ -29,6 +31,7 @@ import cloudpickle
 from .._errors import StoreError, UnpicklableResultError
 from .channel import JobReporter, ProgressSender
 from .jobs import JobFailure
+from .platform import lower_priority, unblock_sigint
 from .store import Store
 
 FUNCTION_CACHE_SIZE = 32
@@ -76,15 +79,21 @@ def _watch_owner(owner_pid: int) -> None:
             os._exit(0)
 
 
-def initialize(owner_pid: int, channel_address: str, authkey: bytes) -> None:
+def initialize(owner_pid: int, channel_address: Any, authkey: bytes) -> None:
     global _state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The kernel spawned us with SIGINT blocked; a pending one is now dropped.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    unblock_sigint()
+    lower_priority()
     threading.Thread(
         target=_watch_owner, args=(owner_pid,), name="nbbg-watchdog", daemon=True
     ).start()
     _state = _WorkerState(ProgressSender(channel_address, authkey))
+
+
+def in_worker() -> bool:
+    """Whether this process is an nbbg worker (its initializer has run)."""
+    return _state is not None
 
 
 def warm_up(modules: tuple[str, ...], store_directory: str) -> None:

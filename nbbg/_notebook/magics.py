@@ -1,4 +1,4 @@
-"""The ``%nbbg`` line magic: status, cancel, worker count, restart, panel.
+"""The ``%nbbg`` line magic: status, cancel, worker count, memory limit, restart, panel.
 
 It acts on the kernel's manager (the one ``%load_ext nbbg`` created) and,
 for ``cancel``, on every job the kernel's managers know. The line is parsed
@@ -25,6 +25,7 @@ usage:
   %nbbg                    workers and jobs of this kernel
   %nbbg cancel <id|all>    stop a queued or running job (its id, or the first characters) or all
   %nbbg workers <n>        run n jobs at once (resize the worker pool)
+  %nbbg memory <size|none> stop a job whose worker uses more (e.g. 4GiB, 500MB, auto, none)
   %nbbg restart            fresh workers, e.g. after editing an imported module
   %nbbg panel              show the jobs panel of every job in this kernel"""
 
@@ -46,6 +47,7 @@ def status(manager: LokyManager) -> str:
         f"pid {w.pid} " + (f"running {w.job_id[:8]}" if w.job_id else "idle") for w in workers
     )
     lines = [f"nbbg: {len(workers)} worker{'s' if len(workers) != 1 else ''} ({described})"]
+    lines.append(memory_text(manager))
     lines.append(text_table("jobs", [job for _source, job in _kernel_jobs()], STATUS_ROWS))
     return "\n".join(lines)
 
@@ -75,28 +77,41 @@ def _worker_count(text: str | None) -> int:
     return count
 
 
+def memory_text(manager: LokyManager) -> str:
+    limit = manager.memory_limit
+    return f"memory limit per job: {limit if limit is not None else 'none'}"
+
+
+def _set_memory_limit(manager: LokyManager, text: str) -> str:
+    try:
+        manager.memory_limit = text
+    except ValueError:
+        raise UsageError(
+            "`%nbbg memory` takes a size such as 4GiB, 300MB or 1.5 GB, auto (half of this "
+            f"machine's memory) or none (no limit); not {text!r}"
+        ) from None
+    return f"nbbg: {memory_text(manager)}"
+
+
 @magic_arguments.magic_arguments()  # type: ignore[untyped-decorator]
 @magic_arguments.argument(  # type: ignore[untyped-decorator]
     "command",
     nargs="?",
     default="status",
-    choices=["status", "cancel", "workers", "restart", "panel"],
+    choices=["status", "cancel", "workers", "memory", "restart", "panel"],
     help="what to do (default: status)",
 )
 @magic_arguments.argument(  # type: ignore[untyped-decorator]
-    "argument", nargs="?", help="cancel: a job id, its first characters, or all; workers: n"
+    "argument",
+    nargs="*",
+    help="cancel: a job id, its first characters, or all; workers: n; memory: a size, auto or none",
 )
 def _arguments(line: str) -> None:
     """Background jobs of this kernel (nbbg)."""
 
 
-TAKES_ARGUMENT = {
-    "status": False,
-    "cancel": True,
-    "workers": True,
-    "restart": False,
-    "panel": False,
-}
+ARGUMENT_WORDS = {"cancel": (1, 1), "workers": (1, 1), "memory": (1, 2)}
+"""How many words each command takes ("1.5 GB" is two); the others take none."""
 
 
 def parse(line: str) -> tuple[str, str | None]:
@@ -105,9 +120,11 @@ def parse(line: str) -> tuple[str, str | None]:
         parsed = magic_arguments.parse_argstring(_arguments, line)
     except IPythonUsageError as problem:
         raise UsageError(f"%nbbg {line.strip()}: {problem}") from None
-    if TAKES_ARGUMENT.get(parsed.command, False) != (parsed.argument is not None):
+    words = parsed.argument
+    fewest, most = ARGUMENT_WORDS.get(parsed.command, (0, 0))
+    if not fewest <= len(words) <= most:
         raise UsageError(f"unknown command or arguments: %nbbg {line.strip()}")
-    return parsed.command, parsed.argument
+    return parsed.command, " ".join(words) if words else None
 
 
 def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | None:
@@ -119,6 +136,8 @@ def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | N
         count = _worker_count(argument)
         manager.resize(count)
         return f"nbbg: {count} worker{'s' if count != 1 else ''}"
+    if command == "memory":
+        return _set_memory_limit(manager, str(argument))
     if command == "restart":
         manager.restart()
         return "nbbg: fresh workers (running jobs finish on their old worker first)"

@@ -1,0 +1,210 @@
+"""The per-job memory limit: a runaway job is stopped before it takes the kernel down.
+
+A callback that allocates without bound (a wrong loop, a join that explodes)
+would grow its worker until the machine swaps or the operating system's
+out-of-memory killer picks a victim, often the Jupyter kernel or server,
+which loses the user's whole session. So one kernel-side thread samples the
+resident memory (RSS) of every worker that runs a job, every
+``SAMPLE_INTERVAL`` s, and only while jobs run. A job whose worker is over
+the limit is ended through the engine (``Engine.fail_running``): its worker is
+killed and replaced as on a cancel, the job ends with
+:class:`MemoryLimitError`, and other jobs and the kernel go on.
+
+::
+
+    engine ── "running" events ──► MemoryGuard thread (sleeps while no job runs)
+       ▲                                 │ every 50 ms: engine.workers() -> busy pids,
+       └──── fail_running(job, pid) ◄────┘ psutil RSS of each; over the limit -> stop
+
+The default limit is half of the memory this kernel may use: the machine's
+RAM, or its container's limit when lower (a 2 GB Binder reports the host's
+RAM through ``psutil`` but is killed at 2 GB). One runaway job then leaves the
+other half to the kernel, the Jupyter server and the other jobs: 8 GiB per job
+on a 16 GiB laptop, 1 GiB on a 2 GB Binder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from .._errors import MemoryLimitError
+from .jobs import JobEvent, JobFailure, JobState
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+SAMPLE_INTERVAL = 0.05
+"""Seconds between two samples of the running workers' memory."""
+
+DEFAULT_SHARE = 0.5
+"""The default limit, as a share of the memory the kernel may use."""
+
+MINIMUM_DEFAULT = 256 * 2**20
+"""The default limit never goes below this (a warm worker alone holds ~100 MiB)."""
+
+CGROUP_LIMIT_FILES = (
+    "/sys/fs/cgroup/memory.max",  # cgroup v2
+    "/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
+)
+
+MemoryLimitSpec = int | str | None
+"""What ``LokyManager(memory_limit=...)`` takes: bytes, ``"4GiB"``, ``"auto"`` or ``None``."""
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+ACCEPTED_FORMS = (
+    'a number of bytes (an int), a size such as "4GiB", "300MB" or "1.5 GB" '
+    "(units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), "
+    '"auto" for half of this machine\'s memory, or None for no limit'
+)
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """A limit in bytes, shown in the units it was given in (MB or MiB)."""
+
+    bytes: int
+    decimal: bool = False
+
+    def format(self, amount: int) -> str:
+        """``amount`` bytes in this limit's units: ``4.3 GiB``, ``300 MB``."""
+        step, names = (1000, "kB MB GB TB") if self.decimal else (1024, "KiB MiB GiB TiB")
+        value, unit = float(amount), "B"
+        for name in names.split():
+            if value < step:
+                break
+            value, unit = value / step, name
+        text = f"{value:.1f}".removesuffix(".0")
+        return f"{text} {unit}"
+
+    def __str__(self) -> str:
+        return self.format(self.bytes)
+
+
+def parse_memory_limit(value: Any) -> MemoryLimit | None:
+    """``memory_limit=`` as given -> a limit, or ``None`` for no limit.
+
+    Raises ``ValueError`` naming the accepted forms for anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value > 0:
+            return MemoryLimit(value)
+    elif isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return default_memory_limit()
+        if value.strip().lower() == "none":
+            return None
+        match = _SIZE.fullmatch(value)
+        unit = match.group(2).lower() if match else ""
+        if match and unit in _UNITS:
+            amount = math.floor(float(match.group(1)) * _UNITS[unit])
+            if amount > 0:
+                return MemoryLimit(amount, decimal=unit in ("kb", "mb", "gb", "tb"))
+    raise ValueError(f"memory_limit takes {ACCEPTED_FORMS}; not {value!r}")
+
+
+def usable_memory() -> int:
+    """The memory this process may use: RAM, or its container's limit when lower."""
+    total = int(psutil.virtual_memory().total)
+    for path in CGROUP_LIMIT_FILES:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) or a huge number (v1) mean no limit
+            total = min(total, int(text))
+    return total
+
+
+def default_memory_limit() -> MemoryLimit:
+    """Half of :func:`usable_memory`, at least ``MINIMUM_DEFAULT``."""
+    return MemoryLimit(max(MINIMUM_DEFAULT, int(usable_memory() * DEFAULT_SHARE)))
+
+
+class MemoryGuard:
+    """Stops the job of any worker whose RSS goes over ``limit``."""
+
+    def __init__(self, engine: Engine, limit: MemoryLimit | None) -> None:
+        self._engine = engine
+        self._limit = limit
+        self._wake = threading.Event()
+        self._closed = False
+        self._processes: dict[int, psutil.Process] = {}
+        self._unsubscribe = engine.subscribe(self._on_event)
+        threading.Thread(target=self._watch, name="nbbg-memory-guard", daemon=True).start()
+
+    @property
+    def limit(self) -> MemoryLimit | None:
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: MemoryLimit | None) -> None:
+        self._limit = limit
+        self._wake.set()  # jobs already running are held to the new limit at once
+
+    def close(self) -> None:
+        self._closed = True
+        self._unsubscribe()
+        self._wake.set()
+
+    def _on_event(self, event: JobEvent) -> None:
+        if event.kind == "state" and event.job.state is JobState.RUNNING:
+            self._wake.set()
+
+    def _watch(self) -> None:
+        while not self._closed:
+            self._wake.clear()  # before looking: a job starting after this sets it again
+            limit = self._limit
+            running = self._running_workers() if limit is not None else []
+            if limit is None or not running:
+                self._wake.wait()
+                continue
+            for job_id, pid in running:
+                used = self._rss(pid)
+                if used is not None and used > limit.bytes:
+                    self._stop(job_id, pid, used, limit)
+            time.sleep(SAMPLE_INTERVAL)
+
+    def _running_workers(self) -> list[tuple[str, int]]:
+        running = [(w.job_id, w.pid) for w in self._engine.workers() if w.job_id and w.pid]
+        pids = {pid for _, pid in running}
+        for pid in list(self._processes):
+            if pid not in pids:
+                del self._processes[pid]
+        return running
+
+    def _rss(self, pid: int) -> int | None:
+        try:
+            process = self._processes.get(pid)
+            if process is None:
+                process = self._processes[pid] = psutil.Process(pid)
+            return int(process.memory_info().rss)
+        except psutil.Error:
+            return None  # the worker just ended or was replaced
+
+    def _stop(self, job_id: str, pid: int, used: int, limit: MemoryLimit) -> None:
+        snapshot = self._engine.get(job_id)
+        name = snapshot.name if snapshot is not None else "the job"
+        error = MemoryLimitError(name, limit.format(used), str(limit))
+        self._engine.fail_running(job_id, pid, JobFailure(str(error)))

@@ -1,0 +1,128 @@
+"""What differs between Linux, macOS and Windows, in one place.
+
+nbbg is developed and tested on Linux. Four things it does there do not exist
+everywhere, and each has a small fallback here:
+
+==========================  ===============================  =====================================
+capability                  Linux / macOS                    fallback (Windows)
+==========================  ===============================  =====================================
+kill a worker at once       ``os.kill(pid, SIGKILL)``        ``psutil.Process(pid).kill()``
+spawn with SIGINT blocked   ``signal.pthread_sigmask``       no mask (Windows sends no SIGINT to
+                                                             the process group)
+progress connection         abstract AF_UNIX name (Linux),   the family ``multiprocessing`` picks
+                            socket file (macOS)              for the platform (named pipes)
+worker CPU priority         ``os.nice``                      ``psutil.Process().nice()``
+==========================  ===============================  =====================================
+
+The capability flags are module attributes so that a test can turn them off
+on Linux and run real jobs through every fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing import connection
+
+HAS_SIGKILL = hasattr(signal, "SIGKILL")
+HAS_SIGMASK = hasattr(signal, "pthread_sigmask")
+HAS_OS_NICE = hasattr(os, "nice")
+HAS_ABSTRACT_SOCKETS = sys.platform.startswith("linux")
+CONNECTION_FAMILY: str = connection.default_family  # type: ignore[attr-defined]  # not in typeshed
+"""``AF_UNIX`` on Linux and macOS, ``AF_PIPE`` on Windows (multiprocessing's choice)."""
+
+WORKER_NICE_INCREMENT = 10
+"""How much lower a worker's CPU priority is than the kernel's (``nice``'s own default step).
+
+With every core busy, Linux then gives a nice-0 thread about ten times the CPU
+share of a worker: Dash's request threads, the jobs panel and the next cell
+run first, and the jobs still get every cycle the kernel leaves idle.
+"""
+
+
+def kill_process(pid: int) -> None:
+    """End ``pid`` at once (no cleanup in it); a process already gone is fine."""
+    if HAS_SIGKILL:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+    import psutil  # only here: workers import this module and start faster without it
+
+    try:
+        psutil.Process(pid).kill()  # TerminateProcess on Windows
+    except psutil.NoSuchProcess:
+        pass
+
+
+@contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Run the block with SIGINT blocked in this thread, where signal masks exist.
+
+    Processes started inside inherit the mask, so a notebook's "interrupt
+    kernel" (SIGINT to the whole process group) cannot reach a worker before
+    its initializer ignores SIGINT.
+    """
+    if not HAS_SIGMASK:
+        yield
+        return
+    # multiprocessing's resource tracker starts at the first spawn and, when
+    # it starts, unblocks SIGINT in the calling thread: start it first.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def unblock_sigint() -> None:
+    """Undo the mask a worker was spawned with (after it ignores SIGINT)."""
+    if HAS_SIGMASK:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def listener_address() -> str | tuple[str, int]:
+    """A fresh address for the kernel's progress listener.
+
+    Linux has abstract socket names (nothing on disk to clean up); elsewhere
+    multiprocessing picks the family and a fresh address in it (a socket file
+    in a private temporary directory, or a named pipe). ``Client(address)``
+    infers the family from the address, so workers need nothing more.
+    """
+    if HAS_ABSTRACT_SOCKETS and CONNECTION_FAMILY == "AF_UNIX":
+        return f"\0nbbg-{uuid.uuid4().hex}"
+    if CONNECTION_FAMILY == "AF_UNIX":
+        return os.path.join(tempfile.mkdtemp(prefix="nbbg-"), "progress.sock")
+    if CONNECTION_FAMILY == "AF_INET":
+        return ("127.0.0.1", 0)  # the OS picks a free loopback port
+    return str(connection.arbitrary_address(CONNECTION_FAMILY))  # type: ignore[attr-defined]
+
+
+def lower_priority() -> None:
+    """Lower this process's CPU priority by ``WORKER_NICE_INCREMENT`` (best effort)."""
+    if HAS_OS_NICE:
+        try:
+            os.nice(WORKER_NICE_INCREMENT)
+        except OSError:
+            pass  # a sandbox that forbids it: the worker runs at the kernel's priority
+        return
+    import psutil
+
+    try:
+        process = psutil.Process()
+        below_normal = getattr(psutil, "BELOW_NORMAL_PRIORITY_CLASS", None)  # Windows only
+        if below_normal is not None:
+            process.nice(below_normal)
+        else:
+            process.nice(min(19, process.nice() + WORKER_NICE_INCREMENT))
+    except (OSError, psutil.Error):
+        pass  # a sandbox that forbids it: the worker runs at the kernel's priority
