@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.helpers import REPO
+
 LINT_IMPORTS = ["-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"]
 
 

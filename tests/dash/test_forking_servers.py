@@ -30,9 +30,7 @@ import psutil
 import pytest
 
 from nbbg.client import DashClient, output_value
-from tests.helpers import free_port, pid_gone, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.helpers import REPO, free_port, pid_gone, wait_until
 
 APP = textwrap.dedent(
     """
@@ -69,7 +67,7 @@ def gunicorn(tmp_path: Path, *options: str) -> Iterator[tuple[subprocess.Popen[s
     port = free_port()
     # HOME: recent gunicorns put a control socket there; keep it private to the test.
     env = dict(
-        os.environ, PYTHONPATH=str(ROOT), TEST_STORE=str(tmp_path / "store"), HOME=str(tmp_path)
+        os.environ, PYTHONPATH=str(REPO), TEST_STORE=str(tmp_path / "store"), HOME=str(tmp_path)
     )
     command = [sys.executable, "-m", "gunicorn", *options, "-b", f"127.0.0.1:{port}"]
     log = open(tmp_path / "gunicorn.log", "w")  # closed at the end
@@ -217,7 +215,7 @@ FORK_FROM_KERNEL = textwrap.dedent(
 def test_a_fork_of_the_kernel_is_refused_and_leaves_the_workers_alone(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", FORK_FROM_KERNEL, str(tmp_path / "store")],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
         capture_output=True,
         text=True,
         timeout=120,

@@ -19,7 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.helpers import REPO
+
 MANAGERS = {
     "loky": "LokyManager",
     "diskcache": "DiskcacheManager",
@@ -90,7 +91,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     out = tmp_path_factory.mktemp("bench")
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=BENCH_SECONDS,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.support.helpers import free_port, pid_gone, wait_until
+from tests.support.helpers import REPO, free_port, pid_gone, wait_until
 from tests.support.jupyterlab_helpers import (
     VIEWPORT,
     AppView,
@@ -33,7 +33,7 @@ from tests.support.jupyterlab_helpers import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOKS = REPO / "notebooks"
 TOUR = "00_tour.ipynb"
 LOAD_EXT_CELL, APP_CELL = 1, 3
 """``%load_ext nbbg``, a markdown cell, then the app cell (its outputs: iframe and panel)."""

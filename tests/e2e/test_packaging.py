@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = REPO_ROOT / "nbbg"
+from tests.support.helpers import REPO
+
+PACKAGE = REPO / "nbbg"
 PROJECT_URL = "https://github.com/nbbg/nbbg"
 
 
@@ -48,7 +49,7 @@ def _run(argv: list[str], cwd: Path, timeout: float) -> str:
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
     out = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO_ROOT)], out, 600)
+    _run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], out, 600)
     [sdist] = out.glob("nbbg-*.tar.gz")
     [wheel] = out.glob("nbbg-*.whl")
     return Dists(sdist, wheel)
@@ -57,7 +58,7 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
 def _source_modules() -> set[str]:
     """Every ``.py`` file of the package in this checkout, as ``nbbg/...`` paths."""
     return {
-        path.relative_to(REPO_ROOT).as_posix()
+        path.relative_to(REPO).as_posix()
         for path in PACKAGE.rglob("*.py")
         if "__pycache__" not in path.parts
     }
@@ -82,7 +83,7 @@ def test_wheel_carries_the_license_and_nothing_but_the_package(dists: Dists) -> 
     assert {name.split("/")[0] + "/" for name in names} == {"nbbg/", dist_info}
     with zipfile.ZipFile(dists.wheel) as archive:
         license_text = archive.read(f"{dist_info}licenses/LICENSE").decode()
-    assert license_text == (REPO_ROOT / "LICENSE").read_text()
+    assert license_text == (REPO / "LICENSE").read_text()
     assert "MIT License" in license_text and "the nbbg developers" in license_text
 
 
@@ -108,7 +109,7 @@ def test_sdist_holds_the_package_license_changelog_and_build_config(dists: Dists
 def test_twine_accepts_both_for_upload(dists: Dists) -> None:
     out = _run(
         [sys.executable, "-m", "twine", "check", "--strict", str(dists.sdist), str(dists.wheel)],
-        REPO_ROOT,
+        REPO,
         120,
     )
     assert out.count("PASSED") == 2, out

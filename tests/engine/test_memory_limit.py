@@ -20,8 +20,8 @@ from nbbg._engine.memory_guard import (
     usable_memory,
 )
 from nbbg._notebook.rows import row_view
-from tests.helpers import pid_gone, wait_until
-from tests.kernel_helpers import kernel
+from tests.support.helpers import pid_gone, wait_until
+from tests.support.kernel_helpers import kernel
 
 MiB = 2**20
 LIMIT = 300 * MiB

@@ -21,9 +21,7 @@ import pytest
 
 import nbbg
 from nbbg._engine import platform as _platform
-from tests.helpers import pid_gone, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.helpers import REPO, pid_gone, wait_until
 
 
 def test_workers_run_at_a_lower_cpu_priority_than_the_kernel(manager: nbbg.LokyManager) -> None:
@@ -119,7 +117,7 @@ def test_worker_side_fallbacks_in_a_real_process() -> None:
     """``lower_priority`` through psutil and no SIGINT unmasking, as a worker would run them."""
     script = (
         "import psutil\n"
-        "from nbbg import _platform\n"
+        "from nbbg._engine import platform as _platform\n"
         "_platform.HAS_OS_NICE = False\n"
         "_platform.HAS_SIGMASK = False\n"
         "before = psutil.Process().nice()\n"
@@ -132,7 +130,7 @@ def test_worker_side_fallbacks_in_a_real_process() -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
     before, after = map(int, done.stdout.split())

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 import nbbg
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.helpers import REPO
 
 
 def _unusable_home(tmp_path: Path) -> Path:
@@ -67,7 +66,7 @@ def test_the_temporary_store_is_removed_when_the_kernel_exits(tmp_path: Path) ->
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
-    env.update(HOME=str(_unusable_home(tmp_path)), PYTHONPATH=str(ROOT))
+    env.update(HOME=str(_unusable_home(tmp_path)), PYTHONPATH=str(REPO))
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
