@@ -22,6 +22,7 @@ on a fresh one. A ``diskcache.Cache`` passed in by the user is used as is.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pickle
 import shutil
@@ -91,7 +92,11 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
             and _database_identity(self.directory) != self._identity
         ):
             self._reopen()
-        return super()._con  # type: ignore[no-any-return]
+        con: sqlite3.Connection = super()._con
+        closer = getattr(self._local, "closer", None)
+        if closer is None or closer.con is not con:
+            self._local.closer = _CloseAtThreadExit(con)
+        return con
 
     def _reopen(self) -> None:
         with self._reopen_lock:
@@ -129,6 +134,27 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
         with self._reopen_lock:
             _set_aside(self.directory, self._identity)
         self._reopen()
+
+
+class _CloseAtThreadExit:
+    """Closes a thread's SQLite connection when the thread ends.
+
+    diskcache keeps one connection per thread, and a thread-per-request
+    server (werkzeug's, under ``app.run``) starts a thread for every poll. A
+    connection sits in a reference cycle, so it would close only at the next
+    garbage collection, its files open until then: hundreds of descriptors
+    under load. This holder lives in the same thread-local storage, is freed
+    when the thread ends, and closes the connection at once.
+    """
+
+    __slots__ = ("con",)
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.con.close()
 
 
 def _set_aside(directory: str, identity: tuple[int, int] | None) -> None:
