@@ -27,7 +27,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cloudpickle
@@ -40,13 +40,15 @@ from ._errors import (
     JobCancelledError,
     JobFailedError,
     NbbgError,
+    ObjectChangedError,
     ShutdownError,
     UnknownJobError,
     UnpicklableArgumentsError,
     WorkerDiedError,
 )
 from ._jobs import Job, JobEvent, JobFailure, JobSnapshot, JobState
-from ._shipping import FunctionRegistry
+from ._kernel_state import KernelStateTracker
+from ._shipping import Cargo, FunctionRegistry
 from ._slots import Slot
 from ._store import MISSING, read_result
 
@@ -98,6 +100,7 @@ class Engine:
         self._queued: deque[tuple[Job, Any, Any]] = deque()
         self._subscribers: list[Subscriber] = []
         self._functions = FunctionRegistry()
+        self._kernel_state = KernelStateTracker()
         self._closed = False
         self._listener = ProgressListener(self._on_message)
         self._initargs = (os.getpid(), self._listener.address, self._listener.authkey)
@@ -192,7 +195,9 @@ class Engine:
         """
         name = name or str(getattr(fn, "__name__", type(fn).__name__))
         self._ensure_open()
-        shipped = self._functions.ship(fn, name)
+        shipped, values = self._functions.ship(fn, name)
+        kernel = self._kernel_state.snapshot()
+        cargo = Cargo(shipped, kernel, self._kernel_state.environ(kernel.environ_token), values)
         try:
             args_payload = cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
@@ -209,18 +214,42 @@ class Engine:
             store_directory=self.store.directory,
             result_key=job.result_key,
             expire=expire if result_key is not None else RESULT_TTL,
+            kernel=kernel,
+            objects=tuple((ref.digest, ref.size) for ref in shipped.objects),
         )
+        job.cargo = cargo
+        self._snapshot_values(cargo)
         with self._lock:
             self._ensure_open()
             if not self._started:
                 self._start_slots()
             self._jobs[job_id] = job
-            self._queued.append((job, spec, shipped.payload))
+            self._queued.append((job, spec, cargo))
             events = [JobEvent("state", self._snapshot(job))]
             events += self._dispatch()
             self._forget_old_jobs()
         self._emit(events)
         return job_id
+
+    def _snapshot_values(self, cargo: Cargo) -> None:
+        """Copy to shared memory, now, the large values some worker lacks.
+
+        That copy is what a queued job gets if the object changes before the
+        job starts. Values every worker already holds are not copied; if such
+        a worker is replaced meanwhile, ``Cargo.snapshot`` copies the object at
+        start when it is unchanged (else the job fails: ObjectChangedError).
+        """
+        with self._lock:
+            slots = list(self._slots)
+        try:
+            for ref in cargo.function.objects:
+                if not slots or any(ref.digest not in slot.objects for slot in slots):
+                    cargo.snapshot(ref.digest)
+        except BaseException:
+            cargo.release()
+            raise
+        finally:
+            cargo.forget_streams()  # its buffer views must not outlive the submit
 
     def add_finished(self, name: str, label: str, result_key: str) -> str:
         """Record a job answered from the cache without running (a cache hit)."""
@@ -445,8 +474,8 @@ class Engine:
             slot = self._free_slot()
             if slot is None:
                 break
-            job, spec, payload = self._queued.popleft()
-            self._start_on(slot, job, spec, payload)
+            job, spec, cargo = self._queued.popleft()
+            self._start_on(slot, job, spec, cargo)  # may fail the job instead
             events.append(JobEvent("state", self._snapshot(job)))
         if events:
             for job, _, _ in self._queued:  # queue positions moved up
@@ -459,25 +488,60 @@ class Engine:
         free = [s for s in self._slots if not s.busy and not s.retiring]
         return next((s for s in free if s.warm), free[0] if free else None)
 
-    def _start_on(self, slot: Slot, job: Job, spec: _worker.JobSpec, payload: bytes) -> None:
-        if not slot.remember_shipped(spec.token):
-            spec = _replace_payload(spec, payload)
+    def _start_on(self, slot: Slot, job: Job, spec: _worker.JobSpec, cargo: Cargo) -> None:
+        shipped = self._with_cargo(slot, job, spec, cargo)
+        if shipped is None:
+            return
         job.state = JobState.RUNNING
         job.started_at = time.time()
         job.slot_index = slot.index
         slot.job_id = job.id
         try:
-            future = slot.executor.submit(_worker.run_job, spec)
+            future = slot.executor.submit(_worker.run_job, shipped)
         except Exception:  # noqa: BLE001 - a broken executor: replace it and retry once
             slot.replace_worker()
             slot.job_id = job.id
-            slot.remember_shipped(spec.token)
-            future = slot.executor.submit(_worker.run_job, _replace_payload(spec, payload))
+            retry = self._with_cargo(slot, job, spec, cargo)
+            if retry is None:
+                return
+            future = slot.executor.submit(_worker.run_job, retry)
         job.worker_pid = slot.worker_pid()
         generation = slot.generation
         future.add_done_callback(
-            lambda f: self._on_worker_done(slot, generation, job, spec, payload, f)
+            lambda f: self._on_worker_done(slot, generation, job, spec, cargo, f)
         )
+
+    def _with_cargo(
+        self, slot: Slot, job: Job, spec: _worker.JobSpec, cargo: Cargo
+    ) -> _worker.JobSpec | None:
+        """The job's spec plus what this slot's worker lacks (None: the job failed).
+
+        Updates the slot's mirrors as the worker will update its caches.
+        """
+        parcels = {}
+        for digest, _size in spec.objects:
+            if digest in slot.objects:
+                continue
+            try:
+                parcel = cargo.snapshot(digest)
+            except Exception as exc:  # noqa: BLE001 - e.g. no room in /dev/shm
+                parcel, detail = None, _worker.describe_exception(exc)
+            else:
+                detail = ""
+            if parcel is None:
+                label = next(r.label for r in cargo.function.objects if r.digest == digest)
+                failure = JobFailure(f"{ObjectChangedError(job.name, label)} {detail}".strip())
+                slot.job_id = None
+                self._end_job(job, JobState.ERROR, failure)
+                return None
+            parcels[digest] = parcel.ref
+        slot.objects.use((digest, size, None) for digest, size in spec.objects)
+        environ = None
+        if spec.kernel is not None and slot.environ_token != spec.kernel.environ_token:
+            environ = cargo.environ
+            slot.environ_token = spec.kernel.environ_token
+        payload = None if slot.remember_shipped(spec.token) else cargo.function.payload
+        return replace(spec, payload=payload, parcels=parcels or None, environ=environ)
 
     def _on_worker_done(
         self,
@@ -485,7 +549,7 @@ class Engine:
         generation: int,
         job: Job,
         spec: _worker.JobSpec,
-        payload: bytes,
+        cargo: Cargo,
         future: Future[Any],
     ) -> None:
         with self._lock:
@@ -499,9 +563,20 @@ class Engine:
                 events += self._end_job(job, JobState.ERROR, failure)
             else:
                 outcome: _worker.WorkerOutcome = future.result()
-                if outcome.kind == "missing_function" and not self._closed:
-                    slot.remember_shipped(spec.token)
-                    self._start_on(slot, job, _replace_payload(spec, payload), payload)
+                if outcome.kind == "missing" and not self._closed and cargo.resends < 2:
+                    # The mirrors disagreed with the worker: send what it lacks.
+                    cargo.resends += 1
+                    for digest in outcome.missing:
+                        slot.objects.discard(digest)
+                    if outcome.missing_function:
+                        slot.shipped_tokens.pop(spec.token, None)
+                    if outcome.missing_environ:
+                        slot.environ_token = 0
+                    slot.job_id = None
+                    self._start_on(slot, job, spec, cargo)
+                    events.append(JobEvent("state", self._snapshot(job)))
+                    events += self._dispatch()
+                    self._emit(events)
                     return
                 job.worker_outcome = outcome
                 job.messages_expected = outcome.messages_sent
@@ -555,6 +630,9 @@ class Engine:
         """Move an active job to a final state, freeing or replacing its slot (lock held)."""
         was_queued = job.state is JobState.QUEUED
         job.state, job.failure, job.finished_at = state, failure, time.time()
+        if job.cargo is not None:
+            job.cargo.release()  # its shared-memory snapshots and values
+            job.cargo = None
         if was_queued:
             self._queued = deque(item for item in self._queued if item[0] is not job)
         else:
@@ -632,12 +710,6 @@ def _shutdown_if_alive(engine_ref: weakref.ref[Engine]) -> None:
     engine = engine_ref()
     if engine is not None:
         engine.shutdown()
-
-
-def _replace_payload(spec: _worker.JobSpec, payload: bytes) -> _worker.JobSpec:
-    from dataclasses import replace
-
-    return replace(spec, payload=payload)
 
 
 def _check_worker_count(max_workers: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from loky import ProcessPoolExecutor
 
 from . import _worker
+from ._object_cache import ObjectCache
 
 
 class Slot:
@@ -32,6 +33,8 @@ class Slot:
         self.retiring = False
         self.needs_restart = False
         self.shipped_tokens: OrderedDict[int, None] = OrderedDict()
+        self.objects: ObjectCache[None] = ObjectCache()  # mirror of the worker's objects
+        self.environ_token = 0  # the kernel environment the worker holds
         self._warming: Future[Any] | None = None
         self.executor = self._new_executor()
 
@@ -101,6 +104,8 @@ class Slot:
         self.job_id = None
         self.needs_restart = False
         self.shipped_tokens.clear()
+        self.objects.clear()
+        self.environ_token = 0
         self.executor = self._new_executor()
         _shutdown_in_background(old_executor)
         return old_pid
