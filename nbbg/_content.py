@@ -20,6 +20,7 @@ import pickle
 import sys
 import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,9 @@ from ._write_watch import PAGE_SIZE, WRITE_WATCH, WriteWatch
 
 WATCH_MIN_BYTES = 1 << 20
 """Buffers smaller than this are hashed every time (1 MiB takes ~35 us)."""
+
+MAX_IMMUTABLE = 4
+"""Large ``bytes`` objects whose digests are kept (each is kept alive until evicted)."""
 
 MAX_WATCHED = 256
 """Arrays watched at most at once (each splits a memory mapping of the kernel)."""
@@ -72,9 +76,25 @@ def _is_plain(value: Any, budget: list[int]) -> bool:
     return False
 
 
+def _rebuild_bytes(kind: type, buffer: Any) -> Any:
+    return kind(buffer)
+
+
+class _LargeBytes:
+    """Pickles a large ``bytes``/``bytearray`` with its memory out of band."""
+
+    def __init__(self, value: bytes | bytearray) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (_rebuild_bytes, (type(self.value), pickle.PickleBuffer(self.value)))
+
+
 def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``value`` for a worker: in-band bytes and out-of-band buffers."""
     buffers: list[pickle.PickleBuffer] = []
+    if type(value) in (bytes, bytearray) and len(value) >= WATCH_MIN_BYTES:
+        return pickle.dumps(_LargeBytes(value), protocol=5, buffer_callback=buffers.append), buffers
     if _is_plain(value, [_PLAIN_LIMIT]):
         return pickle.dumps(value, protocol=5), buffers
     stream = io.BytesIO()
@@ -105,13 +125,31 @@ class BufferDigests:
         self._watched: dict[int, _Watched] = {}
         # (id of owning array, offset, length) -> (version of the owner, digest)
         self._digests: dict[tuple[int, int, int], tuple[int, bytes]] = {}
+        # ``bytes`` cannot change: its digest is kept by identity (and the object
+        # with it, so that the identity stays its own; bytes take no weak reference).
+        self._immutable: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
 
     def digest(self, buffer: memoryview) -> bytes:
         if buffer.nbytes >= WATCH_MIN_BYTES:
+            if type(buffer.obj) is bytes:
+                return self._immutable_digest(buffer.obj)
             cached = self._cached(buffer)
             if cached is not None:
                 return cached
         return xxhash.xxh3_128_digest(buffer)
+
+    def _immutable_digest(self, value: bytes) -> bytes:
+        with self._lock:
+            entry = self._immutable.get(id(value))
+            if entry is not None and entry[0] is value:
+                self._immutable.move_to_end(id(value))
+                return entry[1]
+        digest = xxhash.xxh3_128_digest(value)
+        with self._lock:
+            self._immutable[id(value)] = (value, digest)
+            while len(self._immutable) > MAX_IMMUTABLE:
+                self._immutable.popitem(last=False)
+        return digest
 
     def _cached(self, buffer: memoryview) -> bytes | None:
         owner = _owning_array(buffer.obj)

@@ -12,12 +12,14 @@ This moves 100 MB at memory speed, where loky's pipe took 0.5-1 s.
 
 from __future__ import annotations
 
+import _posixshmem  # what multiprocessing.shared_memory is built on
 import mmap
 import os
 import pickle
+import secrets
 import threading
 from dataclasses import dataclass
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker
 from typing import Any
 
 from ._content import Pickled
@@ -52,21 +54,23 @@ class Parcel:
     def __init__(self, value: Pickled) -> None:
         lengths = tuple(buffer.nbytes for buffer in value.buffers)
         offsets, total = _layout(len(value.inband), lengths)
-        segment = shared_memory.SharedMemory(create=True, size=total)
-        memory = segment.buf
-        assert memory is not None
+        name = f"/nbbg_{secrets.token_hex(8)}"
+        descriptor = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        # If the kernel dies, multiprocessing's resource tracker unlinks it.
+        resource_tracker.register(name, "shared_memory")
         try:
-            memory[: len(value.inband)] = value.inband
+            os.ftruncate(descriptor, total)
+            # pwrite fills the file's pages in the kernel: ~2x faster than copying
+            # through a fresh mapping, which takes a page fault per 4 KiB.
+            _write_all(descriptor, memoryview(value.inband), 0)
             for offset, buffer in zip(offsets, value.buffers, strict=True):
-                memory[offset : offset + buffer.nbytes] = buffer
+                _write_all(descriptor, buffer, offset)
         except BaseException:
-            segment.close()
-            segment.unlink()
+            _unlink(name)
             raise
-        del memory
-        segment.close()  # the kernel keeps no mapping: the pages are only the worker's to read
-        self._segment = segment
-        self.ref = ParcelRef(segment.name, len(value.inband), lengths)
+        finally:
+            os.close(descriptor)
+        self.ref = ParcelRef(name, len(value.inband), lengths)
         self.size = total
         self._users = 1
         self._lock = threading.Lock()
@@ -81,25 +85,64 @@ class Parcel:
             self._users -= 1
             if self._users != 0:
                 return
-        try:
-            self._segment.unlink()
-        except FileNotFoundError:
-            pass
+        # Freeing 100 MB of pages takes ~15-30 ms: not on the job's way to its result.
+        threading.Thread(target=_unlink, args=(self.ref.name,), daemon=True).start()
 
 
-def load(ref: ParcelRef) -> Any:
-    """Rebuild the value of a parcel in a worker (zero-copy for its buffers)."""
-    offsets, total = _layout(ref.inband, ref.buffers)
-    descriptor = os.open(f"/dev/shm/{ref.name.lstrip('/')}", os.O_RDONLY)
+def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
+    data = data.cast("B") if data.format != "B" else data
+    written = 0
+    while written < data.nbytes:
+        written += os.pwrite(descriptor, data[written:], offset + written)
+
+
+def _unlink(name: str) -> None:
     try:
-        mapping = mmap.mmap(
-            descriptor, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+        _posixshmem.shm_unlink(name)
+    except FileNotFoundError:
+        pass
+    resource_tracker.unregister(name, "shared_memory")
+
+
+class Received:
+    """A parcel as a worker keeps it: the open segment, rebuilt afresh for every job.
+
+    Holding the descriptor keeps the pages after the kernel unlinks the name.
+    Each ``value()`` maps the segment again, copy-on-write: a job that edits
+    the object in place changes only its own pages, never the next job's
+    copy (as with a fork). Mapping again costs ~10 us, and the pages that
+    job reads fault in 16 at a time.
+    """
+
+    def __init__(self, ref: ParcelRef) -> None:
+        self.ref = ref
+        self._offsets, self._total = _layout(ref.inband, ref.buffers)
+        self._descriptor = _posixshmem.shm_open(ref.name, os.O_RDONLY)
+        try:
+            self._inband = os.pread(self._descriptor, ref.inband, 0)
+        except BaseException:
+            os.close(self._descriptor)
+            raise
+
+    def _map(self) -> mmap.mmap:
+        return mmap.mmap(
+            self._descriptor,
+            self._total,
+            flags=mmap.MAP_PRIVATE,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
         )
-    finally:
-        os.close(descriptor)
-    view = memoryview(mapping)
-    inband = bytes(view[: ref.inband])
-    buffers = [
-        view[offset : offset + length] for offset, length in zip(offsets, ref.buffers, strict=True)
-    ]
-    return pickle.loads(inband, buffers=buffers)
+
+    def value(self) -> Any:
+        if not self.ref.buffers:
+            return pickle.loads(self._inband)
+        view = memoryview(self._map())
+        buffers = [
+            view[offset : offset + length]
+            for offset, length in zip(self._offsets, self.ref.buffers, strict=True)
+        ]
+        return pickle.loads(self._inband, buffers=buffers)
+
+    def __del__(self) -> None:
+        descriptor, self._descriptor = getattr(self, "_descriptor", -1), -1
+        if descriptor >= 0:
+            os.close(descriptor)

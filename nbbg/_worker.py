@@ -80,7 +80,7 @@ class _WorkerState:
     def __init__(self, sender: ProgressSender) -> None:
         self.sender = sender
         self.payloads: OrderedDict[int, bytes] = OrderedDict()
-        self.objects: ObjectCache[Any] = ObjectCache()
+        self.objects: ObjectCache[_parcels.Received] = ObjectCache()
         self.stores: dict[str, Store] = {}
         self.environ_token = 0
         self.environ: dict[str, str] = {}
@@ -176,7 +176,7 @@ def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any]:
     """Unpickle the job's callable, its large values from the cache or the parcels."""
     parcels = spec.parcels or {}
     state.objects.use(
-        (digest, size, _parcels.load(parcels[digest]) if digest in parcels else None)
+        (digest, size, _parcels.Received(parcels[digest]) if digest in parcels else None)
         for digest, size in spec.objects
     )
     if spec.payload is not None:
@@ -185,8 +185,18 @@ def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any]:
     state.payloads.move_to_end(spec.token)
     while len(state.payloads) > FUNCTION_CACHE_SIZE:
         state.payloads.popitem(last=False)
+    rebuilt: dict[bytes, Any] = {}  # one object per digest within a job
+
+    def rebuild(digest: bytes) -> Any:
+        if digest not in rebuilt:
+            received = state.objects.get(digest)
+            if received is None:
+                raise KeyError(f"object {digest.hex()} missing from the worker's cache")
+            rebuilt[digest] = received.value()
+        return rebuilt[digest]
+
     unpickler = pickle.Unpickler(io.BytesIO(payload))
-    unpickler.persistent_load = persistent_load(state.objects.get)  # type: ignore[assignment]
+    unpickler.persistent_load = persistent_load(rebuild)  # type: ignore[assignment]
     fn: Callable[..., Any] = unpickler.load()
     return fn
 

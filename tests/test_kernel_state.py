@@ -167,6 +167,27 @@ def test_job_that_changes_its_own_environment_and_directory_does_not_leak(
     assert run(one_worker, notebook["look"]) == (None, os.getcwd())
 
 
+def test_job_that_edits_what_it_reads_does_not_change_the_next_jobs_copy(
+    one_worker: nbbg.LokyManager,
+) -> None:
+    notebook = Notebook()
+    notebook.run(
+        """
+        import numpy as np
+        big = np.zeros(1_000_000)
+        small = [0]
+        def scribble():
+            before = (float(big.sum()), list(small))
+            big[:] = 1.0
+            small.append(1)
+            return before
+        """
+    )
+    assert run(one_worker, notebook["scribble"]) == (0.0, [0])
+    assert run(one_worker, notebook["scribble"]) == (0.0, [0]), "as a fork, not a thread"
+    assert float(notebook["big"].sum()) == 0.0 and notebook["small"] == [0]
+
+
 def test_local_module_edited_and_reloaded_runs_its_new_code_in_the_next_job(
     one_worker: nbbg.LokyManager, kernel_state: None, tmp_path: Path
 ) -> None:
