@@ -295,3 +295,55 @@ def test_unpicklable_global_and_unimportable_module_give_clear_errors_then_jobs_
         sys.modules.pop("kernel_only_helper", None)
     notebook.run("def fine():\n    return 'served'\n")
     assert run(one_worker, notebook["fine"]) == "served"
+
+
+# ------------------------------------------------------------ in a real kernel
+DASH_APP = """
+%load_ext nbbg
+%load_ext autoreload
+%autoreload 2
+import sys, dash, pandas as pd
+from dash import html, Input, Output
+sys.path.insert(0, {folder!r})
+import pricing
+df = pd.DataFrame({{"price": [1.0, 2.0, 3.0, None]}})
+app = dash.Dash(__name__)
+app.layout = html.Div([html.Button(id="go"), html.Div(id="out")])
+
+@app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
+              prevent_initial_call=True, interval=100)
+def total(n):
+    return f"{{pricing.label()}} {{df['price'].sum():.2f}} {{len(df)}}"
+
+app.run(port={port})
+"""
+
+
+def test_dash_app_in_a_kernel_sees_in_place_dataframe_edits_and_autoreloaded_code(
+    tmp_path: Path,
+) -> None:
+    from nbbg.client import DashClient
+    from tests.helpers import free_port
+    from tests.kernel_helpers import kernel
+
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    (folder / "pricing.py").write_text("def label():\n    return 'v1'\n")
+    port = free_port()
+
+    def click(client: DashClient, n: int) -> Any:
+        result = client.wait(client.submit("out", {"go": n}), 60)
+        assert result.outcome == "done", result
+        return result.value["out"]["children"]
+
+    with kernel(tmp_path) as session:
+        session.run(DASH_APP.format(folder=str(folder), port=port), timeout=120)
+        client = DashClient.open(f"http://127.0.0.1:{port}/")
+        assert click(client, 1) == "v1 6.00 4"
+        session.run('df["price"] *= 10')
+        assert click(client, 2) == "v1 60.00 4"
+        session.run("df.dropna(inplace=True)\ndf.loc[0, 'price'] = 0.5")
+        assert click(client, 3) == "v1 50.50 3"
+        (folder / "pricing.py").write_text("def label():\n    return 'version 2'\n")
+        session.run("pass")  # %autoreload reloads changed modules before a cell runs
+        assert click(client, 4) == "version 2 50.50 3"
