@@ -535,13 +535,26 @@ class Engine:
                 self._end_job(job, JobState.ERROR, failure)
                 return None
             parcels[digest] = parcel.ref
+        drops = self._superseded(slot, spec, cargo)
+        for digest in drops:
+            slot.objects.discard(digest)
         slot.objects.use((digest, size, None) for digest, size in spec.objects)
         environ = None
         if spec.kernel is not None and slot.environ_token != spec.kernel.environ_token:
             environ = cargo.environ
             slot.environ_token = spec.kernel.environ_token
         payload = None if slot.remember_shipped(spec.token) else cargo.function.payload
-        return replace(spec, payload=payload, parcels=parcels or None, environ=environ)
+        return replace(spec, payload=payload, parcels=parcels or None, environ=environ, drops=drops)
+
+    def _superseded(self, slot: Slot, spec: _worker.JobSpec, cargo: Cargo) -> tuple[bytes, ...]:
+        """Old versions of this callback's values the worker may drop: none a queued job needs."""
+        candidates = [d for d in cargo.function.replaces if d in slot.objects]
+        if not candidates:
+            return ()
+        needed = {digest for digest, _ in spec.objects}
+        for _, queued_spec, _ in self._queued:
+            needed.update(digest for digest, _ in queued_spec.objects)
+        return tuple(d for d in candidates if d not in needed)
 
     def _on_worker_done(
         self,

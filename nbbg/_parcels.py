@@ -25,6 +25,7 @@ from typing import Any
 from ._content import Pickled
 
 _ALIGN = 64  # numpy's preferred alignment for buffers
+_IMMUTABLE = (bytes, str, frozenset)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Received:
 
     def __init__(self, ref: ParcelRef) -> None:
         self.ref = ref
+        self._immutable: Any = None
         self._offsets, self._total = _layout(ref.inband, ref.buffers)
         self._descriptor = _posixshmem.shm_open(ref.name, os.O_RDONLY)
         try:
@@ -133,6 +135,8 @@ class Received:
         )
 
     def value(self) -> Any:
+        if self._immutable is not None:
+            return self._immutable
         if not self.ref.buffers:
             return pickle.loads(self._inband)
         view = memoryview(self._map())
@@ -140,7 +144,11 @@ class Received:
             view[offset : offset + length]
             for offset, length in zip(self._offsets, self.ref.buffers, strict=True)
         ]
-        return pickle.loads(self._inband, buffers=buffers)
+        value = pickle.loads(self._inband, buffers=buffers)
+        if type(value) in _IMMUTABLE:
+            # Rebuilding it copied it (``bytes``): keep it, no job can change it.
+            self._immutable = value
+        return value
 
     def __del__(self) -> None:
         descriptor, self._descriptor = getattr(self, "_descriptor", -1), -1

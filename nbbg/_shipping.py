@@ -197,6 +197,9 @@ class ShippedFunction:
     payload: bytes
     objects: tuple[ObjectRef, ...]
     keep_alive: list[Any]
+    replaces: tuple[bytes, ...] = ()
+    """Digests of the previous version's large values that this one no longer reads:
+    a worker may drop them (an array edited ten times is not kept ten times)."""
 
 
 @dataclass
@@ -258,6 +261,8 @@ class FunctionRegistry:
         self._max_entries = max_entries
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
+        # (module, qualname) -> digests of the large values its newest version reads
+        self._latest_objects: OrderedDict[tuple[Any, Any], tuple[bytes, ...]] = OrderedDict()
 
     def ship(
         self, fn: Callable[..., Any], name: str
@@ -285,7 +290,16 @@ class FunctionRegistry:
             shipped = self._entries.get(key)
             if shipped is None:
                 self._drop_versions_of(key)
-                shipped = ShippedFunction(next(self._tokens), payload, objects, walk.keep_alive)
+                current = tuple(ref.digest for ref in objects)
+                name_key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", name))
+                previous = self._latest_objects.pop(name_key, ())
+                self._latest_objects[name_key] = current
+                while len(self._latest_objects) > 4 * self._max_entries:
+                    self._latest_objects.popitem(last=False)
+                replaces = tuple(d for d in previous if d not in current)
+                shipped = ShippedFunction(
+                    next(self._tokens), payload, objects, walk.keep_alive, replaces
+                )
                 self._entries[key] = shipped
                 while len(self._entries) > self._max_entries:
                     self._entries.popitem(last=False)

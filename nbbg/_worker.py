@@ -64,6 +64,7 @@ class JobSpec:
     objects: tuple[tuple[bytes, int], ...] = ()  # (digest, size) of the large values
     parcels: dict[bytes, _parcels.ParcelRef] | None = None  # those the worker lacks
     environ: dict[str, str] | None = None  # sent when the worker lacks this environment
+    drops: tuple[bytes, ...] = ()  # superseded objects to drop from the cache
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,8 @@ def _missing(state: _WorkerState, spec: JobSpec) -> WorkerOutcome | None:
 def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any]:
     """Unpickle the job's callable, its large values from the cache or the parcels."""
     parcels = spec.parcels or {}
+    for digest in spec.drops:
+        state.objects.discard(digest)
     state.objects.use(
         (digest, size, _parcels.Received(parcels[digest]) if digest in parcels else None)
         for digest, size in spec.objects
