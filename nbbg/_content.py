@@ -32,7 +32,7 @@ from ._write_watch import PAGE_SIZE, WRITE_WATCH, WriteWatch
 WATCH_MIN_BYTES = 1 << 20
 """Buffers smaller than this are hashed every time (1 MiB takes ~35 us)."""
 
-MAX_IMMUTABLE = 4
+MAX_IMMUTABLE = 2
 """Large ``bytes`` objects whose digests are kept (each is kept alive until evicted)."""
 
 MAX_WATCHED = 256

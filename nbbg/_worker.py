@@ -35,7 +35,7 @@ from . import _parcels
 from ._channel import JobReporter, ProgressSender
 from ._errors import ModuleImportError, StoreError, UnpicklableResultError
 from ._jobs import JobFailure
-from ._kernel_state import KernelState
+from ._kernel_state import ImportedFiles, KernelState
 from ._kernel_state import environ_data as _environ_data
 from ._object_cache import ObjectCache
 from ._shipping import persistent_load
@@ -87,6 +87,7 @@ class _WorkerState:
         self.environ: dict[str, str] = {}
         self.environ_data: Any = None  # os.environ's raw dict as last applied
         self.module_generations: dict[str, int] = {}
+        self.imported_files = ImportedFiles()
 
 
 _state: _WorkerState | None = None
@@ -128,6 +129,7 @@ def warm_up(modules: tuple[str, ...], store_directory: str) -> int:
             del sys.modules["IPython"]
     if _state is not None:
         _store(_state, store_directory)
+        _state.imported_files = ImportedFiles()  # what warm-up imported is not the jobs'
     return os.getpid()
 
 
@@ -219,25 +221,34 @@ def _apply_kernel_state(state: _WorkerState, spec: JobSpec) -> None:
     if list(kernel.sys_path) != sys.path:
         sys.path[:] = kernel.sys_path
         importlib.invalidate_caches()
-    if os.getcwd() != kernel.cwd:
+    if kernel.cwd and os.getcwd() != kernel.cwd:
         os.chdir(kernel.cwd)
-    for name, generation in kernel.reloaded_modules:
+    for name, generation in kernel.local_modules:
         module = sys.modules.get(name)
-        if module is not None and state.module_generations.get(name) != generation:
+        if module is None or generation == 0:
+            continue  # never reloaded by the kernel: the copy here is as good
+        if state.module_generations.get(name) != generation:
             # The kernel reloaded it since this worker imported it.
             state.module_generations[name] = generation
-            try:
-                importlib.reload(module)
-            except ImportError as exc:
-                raise ModuleImportError(spec.name, name, sys.path, exc) from exc
+            _reload(spec, name)
+    for name in state.imported_files.changed({name for name, _ in kernel.local_modules}):
+        _reload(spec, name)
+
+
+def _reload(spec: JobSpec, name: str) -> None:
+    try:
+        importlib.reload(sys.modules[name])
+    except ImportError as exc:
+        raise ModuleImportError(spec.name, name, sys.path, exc) from exc
 
 
 def _note_imported_modules(state: _WorkerState, spec: JobSpec) -> None:
     """Modules the job imported come from disk: as current as the kernel's reload."""
     if spec.kernel is not None:
-        for name, generation in spec.kernel.reloaded_modules:
+        for name, generation in spec.kernel.local_modules:
             if name in sys.modules:
                 state.module_generations.setdefault(name, generation)
+    state.imported_files.note_new_imports()
 
 
 def _store(state: _WorkerState, directory: str) -> Store:

@@ -218,6 +218,26 @@ def test_local_module_edited_and_reloaded_runs_its_new_code_in_the_next_job(
         sys.modules.pop("edited_helper", None)
 
 
+def test_module_only_jobs_import_runs_the_file_as_it_is_now(
+    one_worker: nbbg.LokyManager, kernel_state: None, tmp_path: Path
+) -> None:
+    source = tmp_path / "jobs_only_helper.py"
+    source.write_text("def version():\n    return 1\n")
+    sys.path.insert(0, str(tmp_path))
+    notebook = Notebook()
+    notebook.run(
+        """
+        def by_import():
+            import jobs_only_helper
+            return jobs_only_helper.version()
+        """
+    )
+    assert run(one_worker, notebook["by_import"]) == 1
+    assert "jobs_only_helper" not in sys.modules, "the kernel never imported it"
+    source.write_text("def version():\n    return 'two'\n")
+    assert run(one_worker, notebook["by_import"]) == "two", "as a fork importing it now"
+
+
 def test_edit_made_while_a_job_runs_or_waits_does_not_change_that_job(
     one_worker: nbbg.LokyManager, tmp_path: Path
 ) -> None:
