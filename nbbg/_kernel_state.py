@@ -50,7 +50,8 @@ def is_local_module(name: str, module: object, installed: tuple[str, ...]) -> bo
     path = getattr(module, "__file__", None)
     if not isinstance(path, str) or not path.endswith(".py"):
         return False
-    return not os.path.realpath(path).startswith(installed)
+    # A string test, no syscall: ``installed`` holds each prefix as given and resolved.
+    return not path.startswith(installed)
 
 
 def installed_prefixes() -> tuple[str, ...]:
@@ -58,7 +59,8 @@ def installed_prefixes() -> tuple[str, ...]:
     paths.update(getattr(site, "getsitepackages", list)())
     paths.add(site.getusersitepackages())
     paths.update({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
-    return tuple(sorted(os.path.join(os.path.realpath(p), "") for p in paths if p))
+    paths.update(os.path.realpath(p) for p in list(paths) if p)
+    return tuple(sorted(os.path.join(p, "") for p in paths if p))
 
 
 @dataclass
@@ -79,7 +81,7 @@ class KernelStateTracker:
         self._prefixes = installed_prefixes()
         self._modules_seen: tuple[int, str | None] = (-1, None)
         self._local: dict[str, _Module] = {}
-        self._classified: set[str] = set()  # names looked at once (realpath is a syscall)
+        self._classified: set[str] = set()  # names already looked at
         self._local_tuple: tuple[tuple[str, int], ...] = ()
 
     def snapshot(self) -> KernelState:

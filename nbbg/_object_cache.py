@@ -9,11 +9,15 @@ worker reports the digests it lacks and the kernel sends them.
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 Value = TypeVar("Value")
+
+PERSISTENT_TAG = "nbbg-object"
+"""How a shipped callable's pickle refers to a large value: ``(PERSISTENT_TAG, digest)``."""
 
 MAX_OBJECTS = 64
 MAX_BYTES = 2 << 30
@@ -66,3 +70,15 @@ class ObjectCache(Generic[Value]):
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+
+
+def persistent_load(objects: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+    """The worker's side of the shipping pickler: ``(tag, digest)`` -> the object."""
+
+    def load(pid: Any) -> Any:
+        tag, digest = pid
+        if tag != PERSISTENT_TAG:
+            raise pickle.UnpicklingError(f"unknown persistent id {tag!r}")
+        return objects(digest)
+
+    return load

@@ -20,9 +20,10 @@ import secrets
 import threading
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._content import Pickled
+if TYPE_CHECKING:  # workers import this module: keep it light
+    from ._content import Pickled
 
 _ALIGN = 64  # numpy's preferred alignment for buffers
 _IMMUTABLE = (bytes, str, frozenset)

@@ -31,6 +31,7 @@ import cloudpickle
 from ._content import Pickled, pickled
 from ._errors import UnpicklableCallbackError
 from ._kernel_state import KernelState
+from ._object_cache import PERSISTENT_TAG
 from ._parcels import Parcel
 
 _MAX_DEPTH = 4
@@ -38,7 +39,6 @@ EXTERNAL_MIN_BYTES = 64 * 1024
 """A value whose pickle is this large (or has buffers) is shipped on its own, by digest."""
 
 _SMALL_ATOMS = (int, float, complex, bool, str, bytes, type(None))
-_PERSISTENT_TAG = "nbbg-object"
 
 try:  # cloudpickle's own rule for "by reference", so the walk follows what it sends
     from cloudpickle.cloudpickle import _should_pickle_by_reference
@@ -151,7 +151,7 @@ class _ShippingPickler(cloudpickle.Pickler):
         entry = self._external.get(id(obj))
         if entry is None:
             return None
-        return (_PERSISTENT_TAG, entry[0].digest)
+        return (PERSISTENT_TAG, entry[0].digest)
 
 
 def _dumps(fn: Callable[..., Any], walk: _Walk) -> bytes:
@@ -161,18 +161,6 @@ def _dumps(fn: Callable[..., Any], walk: _Walk) -> bytes:
     except Exception as exc:
         raise UnpicklableCallbackError(walk.name, _find_unpicklable(fn), exc) from exc
     return stream.getvalue()
-
-
-def persistent_load(objects: Callable[[bytes], Any]) -> Callable[[Any], Any]:
-    """The worker's side of ``_ShippingPickler``: digest -> the cached object."""
-
-    def load(pid: Any) -> Any:
-        tag, digest = pid
-        if tag != _PERSISTENT_TAG:
-            raise pickle.UnpicklingError(f"unknown persistent id {tag!r}")
-        return objects(digest)
-
-    return load
 
 
 def _find_unpicklable(fn: Any) -> str | None:

@@ -37,8 +37,7 @@ from ._errors import ModuleImportError, StoreError, UnpicklableResultError
 from ._jobs import JobFailure
 from ._kernel_state import ImportedFiles, KernelState
 from ._kernel_state import environ_data as _environ_data
-from ._object_cache import ObjectCache
-from ._shipping import persistent_load
+from ._object_cache import ObjectCache, persistent_load
 from ._store import Store
 
 FUNCTION_CACHE_SIZE = 32
