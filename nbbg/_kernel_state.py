@@ -150,7 +150,7 @@ class ImportedFiles:
     """
 
     def __init__(self) -> None:
-        self._installed = installed_prefixes()
+        self._installed: tuple[str, ...] | None = None  # sysconfig costs ~1 MiB: only if needed
         self._known = set(sys.modules)  # imported before any job (warm-up): not jobs'
         self._count = len(sys.modules)
         self._files: dict[str, tuple[str, int, int]] = {}  # name -> (path, mtime_ns, size)
@@ -163,6 +163,8 @@ class ImportedFiles:
             if name in self._known:
                 continue
             self._known.add(name)
+            if self._installed is None:
+                self._installed = installed_prefixes()
             if is_local_module(name, module, self._installed):
                 path = getattr(module, "__file__", "")
                 self._files[name] = (path, *_stat(path))

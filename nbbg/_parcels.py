@@ -16,10 +16,8 @@ import _posixshmem  # what multiprocessing.shared_memory is built on
 import mmap
 import os
 import pickle
-import secrets
 import threading
 from dataclasses import dataclass
-from multiprocessing import resource_tracker
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # workers import this module: keep it light
@@ -56,7 +54,9 @@ class Parcel:
     def __init__(self, value: Pickled) -> None:
         lengths = tuple(buffer.nbytes for buffer in value.buffers)
         offsets, total = _layout(len(value.inband), lengths)
-        name = f"/nbbg_{secrets.token_hex(8)}"
+        name = f"/nbbg_{os.urandom(8).hex()}"
+        from multiprocessing import resource_tracker  # the kernel's side only
+
         descriptor = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         # If the kernel dies, multiprocessing's resource tracker unlinks it.
         resource_tracker.register(name, "shared_memory")
@@ -99,6 +99,8 @@ def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
 
 
 def _unlink(name: str) -> None:
+    from multiprocessing import resource_tracker
+
     try:
         _posixshmem.shm_unlink(name)
     except FileNotFoundError:
