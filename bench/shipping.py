@@ -14,6 +14,8 @@ same warm worker) and measures, as medians of its calls:
   minus no-op (the edit itself is not timed; its cost is the next rows);
 - an in-place write to all of a 100 MB array, watched vs not watched: what
   the write watch costs the notebook (one page fault per page after a scan);
+- a full xxh3 of 100 MB: what an unchanged array would cost per call without
+  the write watch (Linux < 6.7, or memory numpy does not own);
 - fingerprint of a callback with 10 small globals: one ``ship`` (walk, digests,
   registry look-up) plus the kernel-state snapshot, in-process;
 - kernel RSS after 20 calls with a 100 MB global, minus RSS with the global.
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psutil
+import xxhash
 
 import nbbg
 from nbbg._kernel_state import KernelStateTracker
@@ -101,6 +104,15 @@ def _write_all_ms(array: np.ndarray) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def _full_hash_ms(array: np.ndarray) -> float:
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        xxhash.xxh3_128_digest(array)
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
 def _fingerprint_us(fn: Callable[[], Any]) -> float:
     registry, tracker = FunctionRegistry(), KernelStateTracker()
     registry.ship(fn, "ten_globals")
@@ -148,6 +160,7 @@ def one_run() -> dict[str, float]:
         row["write all of an unwatched 100 MB array (ms)"] = _write_all_ms(
             np.random.rand(MB100 // 8)
         )
+        row["full xxh3 of 100 MB, the fallback without the watch (ms)"] = _full_hash_ms(array)
         row["fingerprint, 10 small globals (us)"] = _fingerprint_us(namespace["ten_globals"])
 
         del namespace["frame"]
