@@ -126,6 +126,15 @@ def _fingerprint_us(fn: Callable[[], Any]) -> float:
     return statistics.median(samples)
 
 
+def _two_workers_ms(namespace: dict[str, Any]) -> float:
+    """The same with two workers: calls go to the first while the second idles."""
+    manager = nbbg.LokyManager(max_workers=2)
+    try:
+        return _median_ms(manager, namespace["read_array"]) - _median_ms(manager, namespace["noop"])
+    finally:
+        manager.shutdown()
+
+
 def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
@@ -163,6 +172,7 @@ def one_run() -> dict[str, float]:
         row["full xxh3 of 100 MB, the fallback without the watch (ms)"] = _full_hash_ms(array)
         row["fingerprint, 10 small globals (us)"] = _fingerprint_us(namespace["ten_globals"])
 
+        row["unchanged 100 MB array, 2 workers: overhead (ms)"] = _two_workers_ms(namespace)
         del namespace["frame"]
         exec(
             "held = np.random.rand(MB100 // 8)\ndef read_held():\n    return held.shape", namespace

@@ -232,15 +232,20 @@ class Engine:
         return job_id
 
     def _snapshot_values(self, cargo: Cargo) -> None:
-        """Copy to shared memory, now, the large values some worker lacks.
+        """Copy to shared memory, now, the large values the job's worker may lack.
 
-        That copy is what a queued job gets if the object changes before the
-        job starts. Values every worker already holds are not copied; if such
-        a worker is replaced meanwhile, ``Cargo.snapshot`` copies the object at
-        start when it is unchanged (else the job fails: ObjectChangedError).
+        That copy is what the job gets if the object changes before it starts.
+        A job that will start at once goes to the free slot ``_dispatch`` picks:
+        only what that worker lacks is copied (checking every worker would copy
+        a 100 MB array at every call while an idle second worker lacks it). A job
+        that will queue may go to any worker. If the worker that takes it lacks
+        a value after all (it was replaced, or another submit took the free
+        slot), ``Cargo.snapshot`` copies the object at start when it is
+        unchanged, else the job fails with ObjectChangedError.
         """
         with self._lock:
-            slots = list(self._slots)
+            free = self._free_slot() if not self._queued and self._started else None
+            slots = [free] if free is not None else list(self._slots)
         try:
             for ref in cargo.function.objects:
                 if not slots or any(ref.digest not in slot.objects for slot in slots):

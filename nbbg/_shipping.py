@@ -130,10 +130,15 @@ class _Walk:
         if isinstance(value, types.ModuleType):
             self.keep_alive.append(value)
             return ("module", id(value))  # by reference; reloads are followed apart
-        try:
-            content = pickled(value)
-        except Exception as exc:
-            raise UnpicklableCallbackError(self.name, label, exc) from exc
+        for attempt in range(3):
+            try:
+                content = pickled(value)
+                break
+            except RuntimeError as exc:  # "changed size during iteration": another
+                if attempt == 2:  # thread (a cell) edits it right now; try again
+                    raise UnpicklableCallbackError(self.name, label, exc) from exc
+            except Exception as exc:
+                raise UnpicklableCallbackError(self.name, label, exc) from exc
         if content.buffers or len(content.inband) >= EXTERNAL_MIN_BYTES:
             self.external[id(value)] = (content, label, value)
             return ("object", content.digest)
