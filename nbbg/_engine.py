@@ -41,6 +41,7 @@ from ._errors import (
     JobFailedError,
     NbbgError,
     ObjectChangedError,
+    ShippingError,
     ShutdownError,
     UnknownJobError,
     UnpicklableArgumentsError,
@@ -249,7 +250,10 @@ class Engine:
         try:
             for ref in cargo.function.objects:
                 if not slots or any(ref.digest not in slot.objects for slot in slots):
-                    cargo.snapshot(ref.digest)
+                    try:
+                        cargo.snapshot(ref.digest)
+                    except OSError:  # no room now: tried again, with a clear error, at start
+                        LOGGER.warning("nbbg: could not copy %s to shared memory", ref.label)
         except BaseException:
             cargo.release()
             raise
@@ -527,15 +531,14 @@ class Engine:
         for digest, _size in spec.objects:
             if digest in slot.objects:
                 continue
+            label = next(r.label for r in cargo.function.objects if r.digest == digest)
+            error: NbbgError | None = None
             try:
                 parcel = cargo.snapshot(digest)
-            except Exception as exc:  # noqa: BLE001 - e.g. no room in /dev/shm
-                parcel, detail = None, _worker.describe_exception(exc)
-            else:
-                detail = ""
+            except OSError as exc:  # e.g. no room in /dev/shm
+                parcel, error = None, ShippingError(job.name, label, exc)
             if parcel is None:
-                label = next(r.label for r in cargo.function.objects if r.digest == digest)
-                failure = JobFailure(f"{ObjectChangedError(job.name, label)} {detail}".strip())
+                failure = JobFailure(str(error or ObjectChangedError(job.name, label)))
                 slot.job_id = None
                 self._end_job(job, JobState.ERROR, failure)
                 return None
@@ -649,7 +652,8 @@ class Engine:
         was_queued = job.state is JobState.QUEUED
         job.state, job.failure, job.finished_at = state, failure, time.time()
         if job.cargo is not None:
-            job.cargo.release()  # its shared-memory snapshots and values
+            # Its shared-memory snapshots and values; at shutdown unlink before exit.
+            job.cargo.release(background=not self._closed)
             job.cargo = None
         if was_queued:
             self._queued = deque(item for item in self._queued if item[0] is not job)

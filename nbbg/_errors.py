@@ -68,10 +68,25 @@ class ObjectChangedError(NbbgError, RuntimeError):
     def __init__(self, callback_name: str, label: str) -> None:
         super().__init__(
             f"`{callback_name}` was submitted while its {label} had one value, and that "
-            "object changed before the job started on a worker that needed a copy of it "
-            "(its worker was replaced while the job waited). The job did not run, so "
-            "that it cannot compute on other data than at its submit: submit it again"
+            "object changed before the job started on a worker that held no copy of it "
+            "(that worker had been replaced, e.g. after a cancel, or had dropped its copy). "
+            "The job did not run, so that it cannot compute on other data than at its "
+            "submit: submit it again"
         )
+
+
+class ShippingError(NbbgError, OSError):
+    """A large value could not be copied to shared memory for a worker."""
+
+    def __init__(self, callback_name: str, label: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the kernel could not copy the {label} of `{callback_name}` to shared memory "
+            f"for its worker ({type(cause).__name__}: {cause}): free space in /dev/shm "
+            "(see `df -h /dev/shm`), or make the object smaller"
+        )
+
+    def __str__(self) -> str:  # OSError would show its arguments
+        return str(self.args[0])
 
 
 class UnpicklableArgumentsError(NbbgError, TypeError):

@@ -73,22 +73,52 @@ class Parcel:
         finally:
             os.close(descriptor)
         self.ref = ParcelRef(name, len(value.inband), lengths)
+        self.digest = value.digest
         self.size = total
         self._users = 1
-        self._lock = threading.Lock()
 
     def retain(self) -> Parcel:
-        with self._lock:
-            self._users += 1
+        self._users += 1  # under _SHELF_LOCK
         return self
 
-    def release(self) -> None:
-        with self._lock:
+    def release(self, *, background: bool = True) -> None:
+        with _SHELF_LOCK:
             self._users -= 1
             if self._users != 0:
                 return
+            if _SHELF.get(self.digest) is self:
+                del _SHELF[self.digest]
+        if not background:
+            _unlink(self.ref.name)
+            return
         # Freeing 100 MB of pages takes ~15-30 ms: not on the job's way to its result.
         threading.Thread(target=_unlink, args=(self.ref.name,), daemon=True).start()
+
+
+_SHELF: dict[bytes, Parcel] = {}
+_SHELF_LOCK = threading.Lock()
+
+
+def parcel_for(value: Pickled) -> Parcel:
+    """A parcel of ``value``: the one already written for this digest, or a new one.
+
+    Queued jobs that read the same edited array share one copy.
+    """
+    with _SHELF_LOCK:
+        parcel = _SHELF.get(value.digest)
+        if parcel is not None:
+            return parcel.retain()
+    parcel = Parcel(value)
+    with _SHELF_LOCK:
+        _SHELF.setdefault(value.digest, parcel)
+    return parcel
+
+
+def shelved(digest: bytes) -> Parcel | None:
+    """The live parcel of a digest, retained for the caller, if there is one."""
+    with _SHELF_LOCK:
+        parcel = _SHELF.get(digest)
+        return parcel.retain() if parcel is not None else None
 
 
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:

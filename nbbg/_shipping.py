@@ -32,7 +32,7 @@ from ._content import Pickled, pickled
 from ._errors import UnpicklableCallbackError
 from ._kernel_state import KernelState
 from ._object_cache import PERSISTENT_TAG
-from ._parcels import Parcel
+from ._parcels import Parcel, parcel_for, shelved
 
 _MAX_DEPTH = 4
 EXTERNAL_MIN_BYTES = 64 * 1024
@@ -213,8 +213,9 @@ class Cargo:
 
     def snapshot(self, digest: bytes) -> Parcel | None:
         """The submit-time snapshot of one value, made now if still unchanged."""
-        parcel = self.parcels.get(digest)
+        parcel = self.parcels.get(digest) or shelved(digest)
         if parcel is not None:
+            self.parcels[digest] = parcel
             return parcel
         entry = self.values.get(digest)
         if entry is None:
@@ -227,7 +228,7 @@ class Cargo:
                 return None
             if content.digest != digest:
                 return None
-        parcel = self.parcels[digest] = Parcel(content)
+        parcel = self.parcels[digest] = parcel_for(content)
         return parcel
 
     def forget_streams(self) -> None:
@@ -235,9 +236,9 @@ class Cargo:
         for digest, (_content, label, value) in list(self.values.items()):
             self.values[digest] = (None, label, value)
 
-    def release(self) -> None:
+    def release(self, *, background: bool = True) -> None:
         for parcel in self.parcels.values():
-            parcel.release()
+            parcel.release(background=background)
         self.parcels.clear()
         self.values.clear()
 

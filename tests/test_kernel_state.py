@@ -262,6 +262,32 @@ def test_edit_made_while_a_job_runs_or_waits_does_not_change_that_job(
     assert run(one_worker, notebook["slow_sum"]) == 6_000_000.0
 
 
+def test_queued_job_reading_an_object_its_worker_lacks_gets_its_submit_time_copy(
+    one_worker: nbbg.LokyManager,
+) -> None:
+    notebook = Notebook()
+    notebook.run(
+        """
+        import time, numpy as np
+        fresh = np.ones(2_000_000)
+        def total():
+            return float(fresh.sum())
+        def block(seconds):
+            time.sleep(seconds)
+        """
+    )
+    blocker = one_worker.submit(notebook["block"], 1.0)
+    wait_until(lambda: one_worker.job(blocker).state is nbbg.JobState.RUNNING, what="blocker")
+    first = one_worker.submit(notebook["total"])  # the worker has never seen `fresh`
+    notebook["fresh"][:] = 2.0
+    second = one_worker.submit(notebook["total"])
+    notebook["fresh"][:] = 3.0
+    assert one_worker.job(first).state is nbbg.JobState.QUEUED
+    assert one_worker.wait(first, timeout=30) == 2_000_000.0
+    assert one_worker.wait(second, timeout=30) == 4_000_000.0
+    assert run(one_worker, notebook["total"]) == 6_000_000.0
+
+
 def test_queued_job_whose_copy_is_gone_and_object_changed_fails_clearly(
     one_worker: nbbg.LokyManager, tmp_path: Path
 ) -> None:
