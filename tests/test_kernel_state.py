@@ -348,10 +348,17 @@ DASH_APP = """
 %load_ext nbbg
 %load_ext autoreload
 %autoreload 2
-import sys, dash, pandas as pd
+import sys, dash, numpy as np, pandas as pd
 from dash import html, Input, Output
 sys.path.insert(0, {folder!r})
 import pricing
+
+class Box:
+    def __init__(self):
+        self.value = 1
+
+items, options, tags, box = [1, 2], {{"scale": 1}}, {{"a"}}, Box()
+weights = np.ones(1_000_000)
 df = pd.DataFrame({{"price": [1.0, 2.0, 3.0, None]}})
 app = dash.Dash(__name__)
 app.layout = html.Div([html.Button(id="go"), html.Div(id="out")])
@@ -359,13 +366,22 @@ app.layout = html.Div([html.Button(id="go"), html.Div(id="out")])
 @app.callback(Output("out", "children"), Input("go", "n_clicks"), background=True,
               prevent_initial_call=True, interval=100)
 def total(n):
-    return f"{{pricing.label()}} {{df['price'].sum():.2f}} {{len(df)}}"
+    seen = (sum(items), options["scale"], sorted(tags), box.value, int(weights.sum()))
+    return f"{{pricing.label()}} {{df['price'].sum():.2f}} {{len(df)}} {{seen}}"
 
 app.run(port={port})
 """
 
+EDIT_CELL = """
+items.append(3)
+options["scale"] = 2
+tags.add("b")
+box.value = 5
+weights[:10] = 0.0
+"""
 
-def test_dash_app_in_a_kernel_sees_in_place_dataframe_edits_and_autoreloaded_code(
+
+def test_dash_app_in_a_kernel_sees_in_place_edits_of_each_kind_and_autoreloaded_code(
     tmp_path: Path,
 ) -> None:
     from nbbg.client import DashClient
@@ -385,11 +401,15 @@ def test_dash_app_in_a_kernel_sees_in_place_dataframe_edits_and_autoreloaded_cod
     with kernel(tmp_path) as session:
         session.run(DASH_APP.format(folder=str(folder), port=port), timeout=120)
         client = DashClient.open(f"http://127.0.0.1:{port}/")
-        assert click(client, 1) == "v1 6.00 4"
+        before = "(3, 1, ['a'], 1, 1000000)"
+        after = "(6, 2, ['a', 'b'], 5, 999990)"
+        assert click(client, 1) == f"v1 6.00 4 {before}"
         session.run('df["price"] *= 10')
-        assert click(client, 2) == "v1 60.00 4"
+        assert click(client, 2) == f"v1 60.00 4 {before}"
         session.run("df.dropna(inplace=True)\ndf.loc[0, 'price'] = 0.5")
-        assert click(client, 3) == "v1 50.50 3"
+        assert click(client, 3) == f"v1 50.50 3 {before}"
+        session.run(EDIT_CELL)
+        assert click(client, 4) == f"v1 50.50 3 {after}"
         (folder / "pricing.py").write_text("def label():\n    return 'version 2'\n")
         session.run("pass")  # %autoreload reloads changed modules before a cell runs
-        assert click(client, 4) == "version 2 50.50 3"
+        assert click(client, 5) == f"version 2 50.50 3 {after}"
