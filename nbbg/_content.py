@@ -190,6 +190,8 @@ class BufferDigests:
     def _start_watching(self, owner: Any, owner_address: int) -> _Watched | None:
         start = -(-owner_address // PAGE_SIZE) * PAGE_SIZE
         end = (owner_address + owner.nbytes) // PAGE_SIZE * PAGE_SIZE
+        if len(self._watched) >= MAX_WATCHED:
+            self._sweep()
         if end - start < PAGE_SIZE or len(self._watched) >= MAX_WATCHED:
             return None
         if not self._watch.watch(start, end):
@@ -211,11 +213,22 @@ class BufferDigests:
             self._watch.unwatch(start, end)
         except Exception:  # noqa: BLE001 - at interpreter exit the modules are torn down
             return
-        with self._lock:
-            watched = self._watched.get(key)
+        # Never wait for the lock here: this may run from a garbage collection
+        # inside another thread's WriteWatch call. A dead entry left behind is
+        # recognised (its weak reference is dead) and swept later.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._sweep(key)
+            finally:
+                self._lock.release()
+
+    def _sweep(self, key: int | None = None) -> None:
+        keys = [key] if key is not None else list(self._watched)
+        for dead in keys:
+            watched = self._watched.get(dead)
             if watched is not None and watched.array() is None:
-                del self._watched[key]
-                self._forget(key)
+                del self._watched[dead]
+                self._forget(dead)
 
     def _forget(self, key: int) -> None:
         for digest_key in [k for k in self._digests if k[0] == key]:
