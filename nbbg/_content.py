@@ -15,6 +15,7 @@ an array that moved, a scan that fails) means a full hash.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import pickle
 import sys
@@ -254,15 +255,10 @@ def _address(buffer: memoryview) -> int:
 
 
 def _edges(address: int, nbytes: int, start: int, end: int) -> tuple[bytes, bytes]:
-    head = ctypes_string_at(address, start - address)
-    tail = ctypes_string_at(end, address + nbytes - end)
+    """The bytes of the array outside its whole pages (the watch covers whole pages only)."""
+    head = ctypes.string_at(address, start - address) if start > address else b""
+    tail = ctypes.string_at(end, address + nbytes - end) if address + nbytes > end else b""
     return head, tail
-
-
-def ctypes_string_at(address: int, size: int) -> bytes:
-    import ctypes
-
-    return ctypes.string_at(address, size) if size > 0 else b""
 
 
 BUFFER_DIGESTS = BufferDigests()
