@@ -34,7 +34,7 @@ from ._kernel_state import KernelState
 from ._object_cache import PERSISTENT_TAG
 from ._parcels import Parcel, parcel_for, shelved
 
-_MAX_DEPTH = 4
+_MAX_DEPTH = 16
 EXTERNAL_MIN_BYTES = 64 * 1024
 """A value whose pickle is this large (or has buffers) is shipped on its own, by digest."""
 
@@ -104,6 +104,7 @@ class _Walk:
         self.name = name
         self.keep_alive: list[Any] = []  # objects whose id() is in the key
         self.external: dict[int, tuple[Pickled, str, Any]] = {}
+        self.seen: set[int] = set()  # by-value functions walked
 
     def callable(self, obj: Any, depth: int = 0) -> tuple[Any, ...]:
         self.keep_alive.append(obj)
@@ -112,8 +113,13 @@ class _Walk:
             return ("method", self.callable(obj.__func__, depth), owner)
         if not isinstance(obj, types.FunctionType):
             return ("callable", self.value(obj, f"callback `{self.name}`"))
-        if depth > _MAX_DEPTH or not _is_by_value(obj):
+        if not _is_by_value(obj):
             return ("ref", id(obj))
+        if id(obj) in self.seen:  # recursion, or a helper reached twice: its values are in
+            return ("again", id(obj))
+        if depth > _MAX_DEPTH:  # a very deep chain of helpers: digest all of it
+            return ("deep", self.value(obj, f"helper function `{obj.__qualname__}`"))
+        self.seen.add(id(obj))
         parts: list[Any] = ["function", id(obj), obj.__code__]
         for label, value in _referenced_values(obj):
             if isinstance(value, (types.FunctionType, types.MethodType)):

@@ -121,6 +121,27 @@ def test_closure_and_default_argument_edited_in_place_reach_the_next_job(
     assert run(one_worker, total) == 116
 
 
+def test_edit_of_a_global_read_only_by_a_helper_of_a_helper_reaches_the_next_job(
+    one_worker: nbbg.LokyManager,
+) -> None:
+    notebook = Notebook()
+    notebook.run(
+        """
+        table = {"rate": 1}
+        def level_5(): return table["rate"]
+        def level_4(): return level_5()
+        def level_3(): return level_4()
+        def level_2(): return level_3()
+        def level_1(): return level_2()
+        def countdown(n): return level_1() if n == 0 else countdown(n - 1)
+        def read(): return countdown(3)
+        """
+    )
+    assert run(one_worker, notebook["read"]) == 1
+    notebook["table"]["rate"] = 7
+    assert run(one_worker, notebook["read"]) == 7
+
+
 def test_environment_directory_and_sys_path_set_in_the_kernel_reach_the_next_job(
     one_worker: nbbg.LokyManager, kernel_state: None, tmp_path: Path
 ) -> None:
