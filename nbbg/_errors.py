@@ -42,6 +42,53 @@ class UnpicklableCallbackError(NbbgError, TypeError):
         )
 
 
+class ModuleImportError(NbbgError, ImportError):
+    """A worker cannot import a module the job needs."""
+
+    def __init__(
+        self, callback_name: str, module: str | None, sys_path: list[str], cause: BaseException
+    ) -> None:
+        self.callback_name, self.module = callback_name, module
+        what = f"module `{module}`" if module else "a module"
+        super().__init__(
+            f"`{callback_name}` needs {what}, which the worker process cannot import "
+            f"({type(cause).__name__}: {cause}). The worker imports with the kernel's "
+            f"sys.path and current directory as of the submit: {sys_path!r}; add the "
+            "module's folder to sys.path in the kernel (or install the module), then run "
+            "the job again"
+        )
+
+    def __str__(self) -> str:  # ImportError would show only the first argument
+        return str(self.args[0])
+
+
+class ObjectChangedError(NbbgError, RuntimeError):
+    """A queued job's submit-time copy of an object is gone and the object changed."""
+
+    def __init__(self, callback_name: str, label: str) -> None:
+        super().__init__(
+            f"`{callback_name}` was submitted while its {label} had one value, and that "
+            "object changed before the job started on a worker that held no copy of it "
+            "(that worker had been replaced, e.g. after a cancel, or had dropped its copy). "
+            "The job did not run, so that it cannot compute on other data than at its "
+            "submit: submit it again"
+        )
+
+
+class ShippingError(NbbgError, OSError):
+    """A large value could not be copied to shared memory for a worker."""
+
+    def __init__(self, callback_name: str, label: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the kernel could not copy the {label} of `{callback_name}` to shared memory "
+            f"for its worker ({type(cause).__name__}: {cause}): free space in /dev/shm "
+            "(see `df -h /dev/shm`), or make the object smaller"
+        )
+
+    def __str__(self) -> str:  # OSError would show its arguments
+        return str(self.args[0])
+
+
 class UnpicklableArgumentsError(NbbgError, TypeError):
     """The arguments of a job cannot be sent to a worker process."""
 

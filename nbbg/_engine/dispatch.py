@@ -13,13 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import BadProgressError, WorkerDiedError
 from . import worker
 from .channel import Report, ReportKind
 from .jobs import Job, JobEvent, JobFailure, JobState
+from .packing import RESENDS, forget_missing, pack
 from .slots import Slot, SlotPool
 from .table import JobTable, QueuedJob
 
@@ -28,6 +29,10 @@ MESSAGE_WAIT = 0.05
 
 MESSAGE_GRACE = 2.0
 """Seconds a finished job waits for its last reports before it ends anyway (then by a timer)."""
+
+UNDELIVERABLE = JobFailure(
+    "the job did not run: its worker kept lacking values the kernel had sent it; submit it again"
+)
 
 WorkerDone = Callable[[Slot, int, QueuedJob, "Future[Any]"], None]
 
@@ -54,6 +59,7 @@ class Dispatcher:
     ) -> None:
         self.table = table
         self.pool = pool
+        self.closing = False
         self._changed = changed
         self._on_worker_done = on_worker_done
         self._on_report = on_report
@@ -75,9 +81,12 @@ class Dispatcher:
             fx.events += self.table.queue_events()  # queue positions moved up
 
     def _start(self, slot: Slot, item: QueuedJob, fx: Effects) -> bool:
-        job, spec = item.job, item.spec
-        if not slot.remember_shipped(spec.token):
-            spec = replace(spec, payload=item.payload)
+        """Start the job on the slot; False if it could not (failed, or back in the queue)."""
+        job = item.job
+        spec = pack(slot, item.spec, item.cargo, (queued.spec for queued in self.table.queued))
+        if isinstance(spec, JobFailure):
+            self.end(job, JobState.ERROR, spec, fx)
+            return False
         try:
             future = slot.executor.submit(worker.run_job, spec)
         except Exception:  # noqa: BLE001 - a broken executor: a new worker, the job goes first
@@ -92,13 +101,16 @@ class Dispatcher:
         future.add_done_callback(lambda done: self._on_worker_done(slot, generation, item, done))
         return True
 
-    def resend(self, slot: Slot, item: QueuedJob, fx: Effects) -> None:
-        """Run the job again on the same slot, with its function (the worker had dropped it)."""
+    def resend(
+        self, slot: Slot, item: QueuedJob, outcome: worker.WorkerOutcome, fx: Effects
+    ) -> None:
+        """The worker lacked what its mirror said it held: send the job again with it."""
+        item.cargo.resends += 1
+        forget_missing(slot, item.spec, outcome)
         slot.job_id = None
-        slot.remember_shipped(item.spec.token)
-        item = QueuedJob(item.job, replace(item.spec, payload=item.payload), item.payload)
-        if not self._start(slot, item, fx):
-            item.job.state = JobState.QUEUED
+        item.job.state = JobState.QUEUED
+        if self._start(slot, item, fx):
+            fx.events.append(JobEvent("state", self.table.snapshot(item.job)))
 
     # ------------------------------------------------------------ ending
     def worker_done(
@@ -113,8 +125,8 @@ class Dispatcher:
             self.worker_died(job, exc, fx)
         else:
             outcome: worker.WorkerOutcome = future.result()
-            if outcome.kind == "missing_function":
-                self.resend(slot, item, fx)
+            if outcome.kind == "missing" and item.cargo.resends < RESENDS and not self.closing:
+                self.resend(slot, item, outcome, fx)
                 return
             job.worker_outcome = outcome
             job.messages_expected = outcome.messages_sent
@@ -164,12 +176,16 @@ class Dispatcher:
         if outcome.kind == "ok":
             self.end(job, JobState.DONE, None, fx)
         else:
-            self.end(job, JobState.ERROR, outcome.failure, fx)
+            self.end(job, JobState.ERROR, outcome.failure or UNDELIVERABLE, fx)
 
     def end(self, job: Job, state: JobState, failure: JobFailure | None, fx: Effects) -> None:
         """Move an active job to a final state, freeing or replacing its slot."""
         was_queued = job.state is JobState.QUEUED
         job.state, job.failure, job.finished_at = state, failure, time.time()
+        if job.cargo is not None:
+            # Its shared-memory copies and values; at shutdown, unlinked before the exit.
+            job.cargo.release(background=not self.closing)
+            job.cargo = None
         if was_queued:
             self.table.unqueue(job)
         else:

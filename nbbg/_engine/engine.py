@@ -40,8 +40,10 @@ from .collect import Collector
 from .dispatch import MESSAGE_GRACE, Dispatcher, Effects
 from .events import EngineHooks, EventHub, Subscriber
 from .jobs import Job, JobEvent, JobFailure, JobSnapshot, JobState
+from .kernel_state import KernelStateTracker
+from .packing import copy_at_submit, lacked_by
 from .process_owner import ProcessOwner
-from .shipping import FunctionRegistry
+from .shipping import Cargo, FunctionRegistry
 from .slots import (
     Slot,
     SlotPool,
@@ -79,6 +81,7 @@ class Engine:
         self._changed = threading.Condition(self._lock)
         self._events: EventHub[JobEvent] = EventHub()
         self._functions = FunctionRegistry()
+        self._kernel_state = KernelStateTracker()
         self._closed = False
         self._listener = ProgressListener(self._on_report)
         self._initargs = (os.getpid(), self._listener.address, self._listener.authkey)
@@ -155,7 +158,9 @@ class Engine:
         """
         name = name or str(getattr(fn, "__name__", type(fn).__name__))
         self._ensure_open()
-        shipped = self._functions.ship(fn, name)
+        shipped, values = self._functions.ship(fn, name)
+        kernel = self._kernel_state.snapshot()
+        cargo = Cargo(shipped, kernel, self._kernel_state.environ(kernel.environ_token), values)
         try:
             args_payload = cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
@@ -166,11 +171,12 @@ class Engine:
             origin,
             runner,
             args_payload,
-            shipped,
+            cargo,
             self.store.directory,
             result_key,
             expire,
         )
+        self._copy_values_at_submit(cargo)
         with self._step() as fx:
             self._ensure_open()
             fx.spawn += self._pool.grow()  # the first job of a manager that did not prewarm
@@ -178,6 +184,16 @@ class Engine:
             self._dispatcher.dispatch(fx)
             fx.forgotten += self._table.sweep()
         return item.job.id
+
+    def _copy_values_at_submit(self, cargo: Cargo) -> None:
+        """Copy the large values the job's worker may lack: see ``packing.copy_at_submit``."""
+        with self._lock:
+            # A job that starts at once goes to the free slot the dispatcher picks;
+            # one that queues may go to any.
+            free = self._pool.free_slot() if not self._table.queued else None
+            slots = [free] if free is not None else list(self._pool.slots)
+            missing = [ref for ref in cargo.function.objects if lacked_by(slots, ref.digest)]
+        copy_at_submit(cargo, missing)
 
     def add_finished(self, name: str, label: str, result_key: str, origin: Any = None) -> str:
         """Record a job answered from the cache without running (a cache hit)."""
@@ -290,6 +306,7 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
+            self._dispatcher.closing = True
             for job in list(self._table.active()):
                 self._dispatcher.end(job, JobState.CANCELLED, None, fx)
             self._pool.close()

@@ -99,6 +99,7 @@ class Job:
     messages_received: int = 0
     messages_expected: int | None = None
     worker_outcome: Any = None
+    cargo: Any = None  # what it ships (nbbg._shipping.Cargo), let go when the job ends
 
     @classmethod
     def ended(

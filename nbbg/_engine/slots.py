@@ -23,6 +23,7 @@ from typing import Any
 from loky import ProcessPoolExecutor
 
 from . import worker
+from .object_cache import ObjectCache
 from .platform import kill_process, sigint_blocked
 
 
@@ -71,6 +72,8 @@ class Slot:
         self.retiring = False
         self.needs_restart = False
         self.shipped_tokens: OrderedDict[int, None] = OrderedDict()
+        self.objects: ObjectCache[None] = ObjectCache()  # mirror of the worker's objects
+        self.environ_token = 0  # the kernel environment the worker holds
         self._worker: StartedWorker | None = None
 
     def attach(self, started: StartedWorker) -> None:
@@ -140,6 +143,8 @@ class Slot:
         self.job_id = None
         self.needs_restart = False
         self.shipped_tokens.clear()
+        self.objects.clear()
+        self.environ_token = 0
         self._worker = None
         if old_worker is not None:
             old_worker.discard()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .jobs import Job, JobEvent, JobSnapshot, JobState
-from .shipping import ShippedFunction
+from .shipping import Cargo
 from .worker import JobSpec, Runner
 
 HISTORY = 1000
@@ -36,8 +36,8 @@ class QueuedJob:
 
     job: Job
     spec: JobSpec
-    payload: bytes
-    """The pickled callable, sent along when the worker does not hold it yet."""
+    cargo: Cargo
+    """What the job ships (its callable, values and kernel state), let go when it ends."""
 
     @classmethod
     def new(
@@ -47,7 +47,7 @@ class QueuedJob:
         origin: Any,
         runner: Runner,
         args_payload: bytes,
-        shipped: ShippedFunction,
+        cargo: Cargo,
         store_directory: str,
         result_key: str | None,
         expire: float | None,
@@ -67,15 +67,18 @@ class QueuedJob:
         spec = JobSpec(
             job_id=job_id,
             name=name,
-            token=shipped.token,
+            token=cargo.function.token,
             payload=None,
             runner=runner,
             args_payload=args_payload,
             store_directory=store_directory,
             result_key=job.result_key,
             expire=RESULT_TTL if own_key else expire,
+            kernel=cargo.kernel,
+            objects=tuple((ref.digest, ref.size) for ref in cargo.function.objects),
         )
-        return cls(job, spec, shipped.payload)
+        job.cargo = cargo
+        return cls(job, spec, cargo)
 
 
 class JobTable:

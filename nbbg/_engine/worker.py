@@ -5,15 +5,20 @@ kernel" signals the whole process group and must not kill jobs), lowers the
 worker's CPU priority below the kernel's (so Dash's requests, the panel and
 the next cell get the CPU first when every core is busy), starts a
 watchdog that ends the worker when the kernel that owns it dies, and opens the
-progress channel. ``run_job`` runs one job: it takes the callable from the
-per-worker cache (or unpickles the payload that came with the job), calls it
-through the job's runner, flushes the last progress, writes the result to the
-store and reports how the job ended.
+progress channel. ``run_job`` runs one job: it puts the worker in the
+kernel's state as of the job's submit (environment, directory, ``sys.path``,
+reloaded modules: ``_kernel_state``), unpickles the callable from its payload
+(cached by token) with its large values from the per-worker object cache or
+the shared-memory parcels that came with the job, calls it through the job's
+runner, flushes the last progress, writes the result to the store and reports
+how the job ended. The callable is unpickled afresh for every job, so values
+it carries inline (small lists, dicts) never keep a previous job's edits.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import pickle
 import signal
@@ -28,9 +33,13 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from .._errors import StoreError, UnpicklableResultError
+from .._errors import ModuleImportError, StoreError, UnpicklableResultError
+from . import parcels as _parcels
 from .channel import JobReporter, ProgressSender
 from .jobs import JobFailure
+from .kernel_state import ImportedFiles, KernelState
+from .kernel_state import environ_data as _environ_data
+from .object_cache import ObjectCache, persistent_load
 from .platform import lower_priority, unblock_sigint
 from .store import Store
 
@@ -53,20 +62,34 @@ class JobSpec:
     store_directory: str
     result_key: str
     expire: float | None
+    kernel: KernelState | None = None
+    objects: tuple[tuple[bytes, int], ...] = ()  # (digest, size) of the large values
+    parcels: dict[bytes, _parcels.ParcelRef] | None = None  # those the worker lacks
+    environ: dict[str, str] | None = None  # sent when the worker lacks this environment
+    drops: tuple[bytes, ...] = ()  # superseded objects to drop from the cache
 
 
 @dataclass(frozen=True)
 class WorkerOutcome:
-    kind: Literal["ok", "error", "missing_function"]
+    kind: Literal["ok", "error", "missing"]
     messages_sent: int = 0
     failure: JobFailure | None = None
+    missing: tuple[bytes, ...] = ()  # digests of large values the worker lacks
+    missing_function: bool = False
+    missing_environ: bool = False
 
 
 class _WorkerState:
     def __init__(self, sender: ProgressSender) -> None:
         self.sender = sender
-        self.functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self.payloads: OrderedDict[int, bytes] = OrderedDict()
+        self.objects: ObjectCache[_parcels.Received] = ObjectCache()
         self.stores: dict[str, Store] = {}
+        self.environ_token = 0
+        self.environ: dict[str, str] = {}
+        self.environ_data: Any = None  # os.environ's raw dict as last applied
+        self.module_generations: dict[str, int] = {}
+        self.imported_files = ImportedFiles()
 
 
 _state: _WorkerState | None = None
@@ -114,6 +137,7 @@ def warm_up(modules: tuple[str, ...], store_directory: str) -> None:
             del sys.modules["IPython"]
     if _state is not None:
         _store(_state, store_directory)
+        _state.imported_files = ImportedFiles()  # what warm-up imported is not the jobs'
 
 
 def call_plain(fn: Callable[..., Any], reporter: JobReporter, call: Any) -> Any:
@@ -138,19 +162,100 @@ def _format_traceback(exc: BaseException) -> str:
         return "".join(traceback.format_tb(exc.__traceback__)) + describe_exception(exc)
 
 
-def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any] | None:
-    fn: Callable[..., Any] | None
+def _missing(state: _WorkerState, spec: JobSpec) -> WorkerOutcome | None:
+    """What the kernel believed this worker held but it does not (None: all there)."""
+    parcels = spec.parcels or {}
+    missing = tuple(d for d, _ in spec.objects if d not in state.objects and d not in parcels)
+    missing_function = spec.payload is None and spec.token not in state.payloads
+    missing_environ = (
+        spec.kernel is not None
+        and spec.environ is None
+        and spec.kernel.environ_token != state.environ_token
+    )
+    if missing or missing_function or missing_environ:
+        return WorkerOutcome(
+            "missing",
+            missing=missing,
+            missing_function=missing_function,
+            missing_environ=missing_environ,
+        )
+    return None
+
+
+def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any]:
+    """Unpickle the job's callable, its large values from the cache or the parcels."""
+    parcels = spec.parcels or {}
+    for digest in spec.drops:
+        state.objects.discard(digest)
+    state.objects.use(
+        (digest, size, _parcels.Received(parcels[digest]) if digest in parcels else None)
+        for digest, size in spec.objects
+    )
     if spec.payload is not None:
-        fn = cloudpickle.loads(spec.payload)
-        state.functions[spec.token] = fn
-    else:
-        fn = state.functions.get(spec.token)
-        if fn is None:
-            return None
-    state.functions.move_to_end(spec.token)
-    while len(state.functions) > FUNCTION_CACHE_SIZE:
-        state.functions.popitem(last=False)
+        state.payloads[spec.token] = spec.payload
+    payload = state.payloads[spec.token]
+    state.payloads.move_to_end(spec.token)
+    while len(state.payloads) > FUNCTION_CACHE_SIZE:
+        state.payloads.popitem(last=False)
+    rebuilt: dict[bytes, Any] = {}  # one object per digest within a job
+
+    def rebuild(digest: bytes) -> Any:
+        if digest not in rebuilt:
+            received = state.objects.get(digest)
+            if received is None:
+                raise KeyError(f"object {digest.hex()} missing from the worker's cache")
+            rebuilt[digest] = received.value()
+        return rebuilt[digest]
+
+    unpickler = pickle.Unpickler(io.BytesIO(payload))
+    unpickler.persistent_load = persistent_load(rebuild)  # type: ignore[method-assign]
+    fn: Callable[..., Any] = unpickler.load()
     return fn
+
+
+def _apply_kernel_state(state: _WorkerState, spec: JobSpec) -> None:
+    """Give the job the kernel's environment, directory, sys.path and module versions."""
+    kernel = spec.kernel
+    if kernel is None:
+        return
+    if spec.environ is not None:
+        state.environ, state.environ_token = spec.environ, kernel.environ_token
+        state.environ_data = None  # apply it below
+    if _environ_data() != state.environ_data:  # changed by the kernel, or by the previous job
+        os.environ.clear()
+        os.environ.update(state.environ)
+        state.environ_data = dict(_environ_data())
+    if list(kernel.sys_path) != sys.path:
+        sys.path[:] = kernel.sys_path
+        importlib.invalidate_caches()
+    if kernel.cwd and os.getcwd() != kernel.cwd:
+        os.chdir(kernel.cwd)
+    for name, generation in kernel.local_modules:
+        module = sys.modules.get(name)
+        if module is None or generation == 0:
+            continue  # never reloaded by the kernel: the copy here is as good
+        if state.module_generations.get(name) != generation:
+            # The kernel reloaded it since this worker imported it.
+            state.module_generations[name] = generation
+            _reload(spec, name)
+    for name in state.imported_files.changed({name for name, _ in kernel.local_modules}):
+        _reload(spec, name)
+
+
+def _reload(spec: JobSpec, name: str) -> None:
+    try:
+        importlib.reload(sys.modules[name])
+    except ImportError as exc:
+        raise ModuleImportError(spec.name, name, sys.path, exc) from exc
+
+
+def _note_imported_modules(state: _WorkerState, spec: JobSpec) -> None:
+    """Modules the job imported come from disk: as current as the kernel's reload."""
+    if spec.kernel is not None:
+        for name, generation in spec.kernel.local_modules:
+            if name in sys.modules:
+                state.module_generations.setdefault(name, generation)
+    state.imported_files.note_new_imports()
 
 
 def _store(state: _WorkerState, directory: str) -> Store:
@@ -182,17 +287,30 @@ def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure |
 def run_job(spec: JobSpec) -> WorkerOutcome:
     state = _state
     assert state is not None, "nbbg worker used without its initializer"
-    fn = _function(state, spec)
-    if fn is None:
-        return WorkerOutcome("missing_function")
+    missing = _missing(state, spec)
+    if missing is not None:
+        return missing
+    try:
+        _apply_kernel_state(state, spec)
+        fn = _function(state, spec)
+        call = cloudpickle.loads(spec.args_payload)
+    except ImportError as exc:
+        error = exc if isinstance(exc, ModuleImportError) else None
+        if error is None:
+            error = ModuleImportError(spec.name, exc.name, sys.path, exc)
+        return WorkerOutcome("error", 0, JobFailure(str(error), _format_traceback(exc)))
+    except Exception as exc:  # noqa: BLE001 - e.g. the kernel's directory is gone here
+        message = f"`{spec.name}` could not be set up in the worker: {describe_exception(exc)}"
+        return WorkerOutcome("error", 0, JobFailure(message, _format_traceback(exc)))
     reporter = state.sender.begin(spec.job_id)
     failure: JobFailure | None = None
     value: Any = None
     try:
-        call = cloudpickle.loads(spec.args_payload)
         value = spec.runner(fn, reporter, call)
     except BaseException as exc:  # noqa: BLE001 - the job's own errors, SystemExit included
         failure = JobFailure(describe_exception(exc), _format_traceback(exc))
+    finally:
+        _note_imported_modules(state, spec)
     messages_sent = state.sender.end(reporter)
     if failure is None:
         failure = _save_result(state, spec, value)
