@@ -21,12 +21,12 @@ import pickle
 import sys
 import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 import xxhash
+from cachetools import LRUCache
 
 from .write_watch import PAGE_SIZE, WRITE_WATCH, WriteWatch
 
@@ -128,7 +128,7 @@ class BufferDigests:
         self._digests: dict[tuple[int, int, int], tuple[int, bytes]] = {}
         # ``bytes`` cannot change: its digest is kept by identity (and the object
         # with it, so that the identity stays its own; bytes take no weak reference).
-        self._immutable: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
+        self._immutable: LRUCache[int, tuple[bytes, bytes]] = LRUCache(MAX_IMMUTABLE)
 
     def digest(self, buffer: memoryview) -> bytes:
         if buffer.nbytes >= WATCH_MIN_BYTES:
@@ -143,13 +143,10 @@ class BufferDigests:
         with self._lock:
             entry = self._immutable.get(id(value))
             if entry is not None and entry[0] is value:
-                self._immutable.move_to_end(id(value))
                 return entry[1]
-        digest = xxhash.xxh3_128_digest(value)
+        digest: bytes = xxhash.xxh3_128_digest(value)
         with self._lock:
             self._immutable[id(value)] = (value, digest)
-            while len(self._immutable) > MAX_IMMUTABLE:
-                self._immutable.popitem(last=False)
         return digest
 
     def _cached(self, buffer: memoryview) -> bytes | None:

@@ -21,12 +21,12 @@ import itertools
 import pickle
 import threading
 import types
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+from cachetools import LRUCache
 
 from .._errors import UnpicklableCallbackError
 from .content import Pickled, pickled
@@ -257,12 +257,13 @@ class FunctionRegistry:
     """
 
     def __init__(self, max_entries: int = 32) -> None:
-        self._entries: OrderedDict[tuple[Any, ...], ShippedFunction] = OrderedDict()
-        self._max_entries = max_entries
+        self._entries: LRUCache[tuple[Any, ...], ShippedFunction] = LRUCache(max_entries)
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
         # (module, qualname) -> digests of the large values its newest version reads
-        self._latest_objects: OrderedDict[tuple[Any, Any], tuple[bytes, ...]] = OrderedDict()
+        self._latest_objects: LRUCache[tuple[Any, Any], tuple[bytes, ...]] = LRUCache(
+            4 * max_entries
+        )
 
     def ship(
         self, fn: Callable[..., Any], name: str
@@ -277,7 +278,6 @@ class FunctionRegistry:
         with self._lock:
             shipped = self._entries.get(key)
             if shipped is not None:
-                self._entries.move_to_end(key)
                 return shipped, values
         payload = _dumps(fn, walk)
         objects = tuple(
@@ -294,15 +294,11 @@ class FunctionRegistry:
                 name_key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", name))
                 previous = self._latest_objects.pop(name_key, ())
                 self._latest_objects[name_key] = current
-                while len(self._latest_objects) > 4 * self._max_entries:
-                    self._latest_objects.popitem(last=False)
                 replaces = tuple(d for d in previous if d not in current)
                 shipped = ShippedFunction(
                     next(self._tokens), payload, objects, walk.keep_alive, replaces
                 )
                 self._entries[key] = shipped
-                while len(self._entries) > self._max_entries:
-                    self._entries.popitem(last=False)
             return shipped, values
 
     def _drop_versions_of(self, key: tuple[Any, ...]) -> None:

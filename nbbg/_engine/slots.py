@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from loky import ProcessPoolExecutor
 
 from . import worker
@@ -71,7 +71,7 @@ class Slot:
         self.job_id: str | None = None
         self.retiring = False
         self.needs_restart = False
-        self.shipped_tokens: OrderedDict[int, None] = OrderedDict()
+        self.shipped_tokens: LRUCache[int, None] = LRUCache(worker.FUNCTION_CACHE_SIZE)
         self.objects: ObjectCache[None] = ObjectCache()  # mirror of the worker's objects
         self.environ_token = 0  # the kernel environment the worker holds
         self._worker: StartedWorker | None = None
@@ -128,10 +128,7 @@ class Slot:
         kernel knows when it must send the function's payload again.
         """
         known = token in self.shipped_tokens
-        self.shipped_tokens[token] = None
-        self.shipped_tokens.move_to_end(token)
-        while len(self.shipped_tokens) > worker.FUNCTION_CACHE_SIZE:
-            self.shipped_tokens.popitem(last=False)
+        self.shipped_tokens[token] = None  # most recently used now; the oldest goes
         return known
 
     def kill(self) -> int | None:

@@ -26,12 +26,12 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import cloudpickle
+from cachetools import LRUCache
 
 from .._errors import ModuleImportError, StoreError, UnpicklableResultError
 from . import parcels as _parcels
@@ -82,7 +82,7 @@ class WorkerOutcome:
 class _WorkerState:
     def __init__(self, sender: ProgressSender) -> None:
         self.sender = sender
-        self.payloads: OrderedDict[int, bytes] = OrderedDict()
+        self.payloads: LRUCache[int, bytes] = LRUCache(FUNCTION_CACHE_SIZE)
         self.objects: ObjectCache[_parcels.Received] = ObjectCache()
         self.stores: dict[str, Store] = {}
         self.environ_token = 0
@@ -193,10 +193,7 @@ def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any]:
     )
     if spec.payload is not None:
         state.payloads[spec.token] = spec.payload
-    payload = state.payloads[spec.token]
-    state.payloads.move_to_end(spec.token)
-    while len(state.payloads) > FUNCTION_CACHE_SIZE:
-        state.payloads.popitem(last=False)
+    payload = state.payloads[spec.token]  # the kernel's mirror uses it in the same order
     rebuilt: dict[bytes, Any] = {}  # one object per digest within a job
 
     def rebuild(digest: bytes) -> Any:
