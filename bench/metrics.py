@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -325,7 +326,37 @@ def _refire_once(server: Server, settings: Settings) -> Samples:
     }
 
 
+def _busy_once(server: Server, settings: Settings) -> Samples:
+    """Every worker CPU-bound (two spinning jobs on two cores): how soon the server answers
+    a poll and a cancel, and how soon the cancelled job stops."""
+    with DashClient.open(server.url) as client:
+        first, first_polled, first_pid = _spinning_job(client, server, settings)
+        second, second_polled, _ = _spinning_job(client, server, settings)
+        time.sleep(0.3)
+        with client.sibling() as prober:
+            poll_ms = []
+            for _ in range(5):
+                sent = time.perf_counter()
+                prober.poll(second)
+                poll_ms.append((time.perf_counter() - sent) * 1000)
+                time.sleep(0.05)
+        sent = time.perf_counter()
+        cancel_answered = _in_thread(_timed(lambda: client.cancel(first)))
+        stopped = wait_until_idle(first_pid, sent) if first_pid is not None else None
+        _status, answered = cancel_answered()
+        first_polled()
+        client.cancel(second)
+        second_polled()
+    return {
+        "poll_ms": statistics.median(poll_ms),
+        "answer_ms": (answered - sent) * 1000,
+        "stop_ms": stopped * 1000 if stopped is not None else None,
+        "found_process": first_pid is not None,
+    }
+
+
 cancel = _repeated(_cancel_once)
+busy = _repeated(_busy_once)
 refire = _repeated(_refire_once)
 
 
@@ -378,10 +409,11 @@ METRICS: dict[str, Callable[[Server, Settings], Samples]] = {
     "progress_latency": progress_latency,
     "cancel": cancel,
     "refire": refire,
+    "busy": busy,
 }
 """Run in this order on each server of a repetition (``startup`` runs at its start)."""
 
-NOT_MEASURED: dict[str, frozenset[str]] = {"floor": frozenset({"cancel", "refire"})}
+NOT_MEASURED: dict[str, frozenset[str]] = {"floor": frozenset({"cancel", "refire", "busy"})}
 """Metrics a manager cannot take part in: the floor's threads cannot be cancelled
 (a spinning job would hold the server's GIL for its whole 20 s)."""
 

@@ -82,6 +82,9 @@ def _sum(reps: list[dict[str, Any]], key: str) -> float:
 Value = float | str | None
 
 
+Check = Callable[[dict[str, Value]], "bool | None"]
+
+
 @dataclass(frozen=True)
 class Row:
     metric: str
@@ -109,6 +112,29 @@ def _ratio_at_least(limit: float) -> Callable[[dict[str, Value]], bool | None]:
     def check(values: dict[str, Value]) -> bool | None:
         mine, theirs = _num(values.get("loky")), _num(values.get("diskcache"))
         return None if mine is None or not theirs else mine / theirs >= limit
+
+    return check
+
+
+def _floor_ratio(at_most: float | None = None, at_least: float | None = None) -> Check:
+    """nbbg against the floor measured in the same run."""
+
+    def check(values: dict[str, Value]) -> bool | None:
+        mine, floor = _num(values.get("loky")), _num(values.get("floor"))
+        if mine is None or not floor:
+            return None
+        ratio = mine / floor
+        return (at_most is None or ratio <= at_most) and (at_least is None or ratio >= at_least)
+
+    return check
+
+
+def _every(*checks: Check) -> Check:
+    """Met when every check that could be made is met (None when none could)."""
+
+    def check(values: dict[str, Value]) -> bool | None:
+        verdicts = [verdict for one in checks if (verdict := one(values)) is not None]
+        return all(verdicts) if verdicts else None
 
     return check
 
@@ -154,16 +180,16 @@ ROWS: tuple[Row, ...] = (
         "no-op job turnaround, 2 ms polling",
         "ms",
         lambda reps: median(_pooled(reps, "ms")),
-        "≤ 0.55x",
-        check=_ratio_at_most(0.55),
+        "≤ 0.55x DC, ≤ 1.15x floor",
+        check=_every(_ratio_at_most(0.55), _floor_ratio(at_most=1.15)),
     ),
     Row(
         "throughput",
         "throughput, 2 ms polling (stress), {throughput_jobs} no-ops, {throughput_threads} tabs",
         "jobs/s",
         lambda reps: median(_each(reps, "jobs_per_s")),
-        "≥ 3x",
-        check=_ratio_at_least(3.0),
+        "≥ 3x DC, ≥ 0.85x floor",
+        check=_every(_ratio_at_least(3.0), _floor_ratio(at_least=0.85)),
     ),
     Row(
         "throughput_calm",
@@ -240,6 +266,28 @@ ROWS: tuple[Row, ...] = (
         "cancel request answered (HTTP round trip)",
         "ms",
         lambda reps: median(_pooled(reps, "answer_ms")),
+    ),
+    Row(
+        "busy",
+        "every worker CPU-bound: a poll answered",
+        "ms",
+        lambda reps: median(_pooled(reps, "poll_ms")),
+    ),
+    Row(
+        "busy",
+        "every worker CPU-bound: the cancel request answered",
+        "ms",
+        lambda reps: median(_pooled(reps, "answer_ms")),
+        "≤ 0.5x",
+        check=_ratio_at_most(0.5),
+    ),
+    Row(
+        "busy",
+        "every worker CPU-bound: the cancelled job stops",
+        "ms",
+        lambda reps: median(_pooled(reps, "stop_ms")),
+        "≤ 0.5x",
+        check=_ratio_at_most(0.5),
     ),
     Row(
         "refire",
