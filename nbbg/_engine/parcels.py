@@ -13,6 +13,7 @@ This moves 100 MB at memory speed, where loky's pipe took 0.5-1 s.
 from __future__ import annotations
 
 import _posixshmem  # what multiprocessing.shared_memory is built on
+import contextlib
 import mmap
 import os
 import pickle
@@ -131,10 +132,8 @@ def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
 def _unlink(name: str) -> None:
     from multiprocessing import resource_tracker
 
-    try:
+    with contextlib.suppress(FileNotFoundError):
         _posixshmem.shm_unlink(name)
-    except FileNotFoundError:
-        pass
     resource_tracker.unregister(name, "shared_memory")
 
 

@@ -20,6 +20,7 @@ on Linux and run real jobs through every fallback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -48,17 +49,13 @@ run first, and the jobs still get every cycle the kernel leaves idle.
 def kill_process(pid: int) -> None:
     """End ``pid`` at once (no cleanup in it); a process already gone is fine."""
     if HAS_SIGKILL:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return
     import psutil  # only here: workers import this module and start faster without it
 
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(pid).kill()  # TerminateProcess on Windows
-    except psutil.NoSuchProcess:
-        pass
 
 
 @contextmanager

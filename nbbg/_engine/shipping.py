@@ -16,6 +16,7 @@ payloads, never a pickled copy of a large value.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import pickle
@@ -57,10 +58,8 @@ def _code_global_names(code: types.CodeType) -> set[str]:
 def _is_by_value(fn: types.FunctionType) -> bool:
     """Whether cloudpickle sends ``fn`` by value (else by module reference)."""
     if _should_pickle_by_reference is not None:
-        try:
+        with contextlib.suppress(Exception):  # else the simple rule below
             return not _should_pickle_by_reference(fn)
-        except Exception:  # noqa: BLE001 - fall back to the simple rule
-            pass
     module = getattr(fn, "__module__", None)
     if module is None or module == "__main__":
         return True
