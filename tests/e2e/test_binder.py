@@ -104,3 +104,18 @@ def test_fresh_binder_environment_runs_every_notebook(tmp_path: Path) -> None:
     found = json.loads(_run([python, "-c", IFRAME_CHECK], env, tmp_path, 300).splitlines()[-1])
     assert any(f'src="{PREFIX}proxy/{found["port"]}/"' in html for html in found["html"]), found
     print(f"binder env built in {build_seconds:.0f} s; notebooks ran in {run_seconds:.0f} s")
+
+
+def test_binder_requirements_cover_every_runtime_dependency() -> None:
+    """postBuild installs nbbg with --no-deps: binder/requirements.txt must hold its dependencies."""
+    import re
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~\[; ]", requirement)[0].lower() for requirement in declared}
+    pinned = {
+        line.split("==")[0].strip().lower()
+        for line in (REPO / "binder" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert names <= pinned, f"missing from binder/requirements.txt: {sorted(names - pinned)}"
