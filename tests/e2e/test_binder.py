@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.support.helpers import REPO
 
@@ -107,10 +109,7 @@ def test_fresh_binder_environment_runs_every_notebook(tmp_path: Path) -> None:
 
 
 def test_binder_requirements_cover_every_runtime_dependency() -> None:
-    """postBuild installs nbbg with --no-deps: binder/requirements.txt must hold its dependencies."""
-    import re
-    import tomllib
-
+    """postBuild installs nbbg with --no-deps: binder/requirements.txt holds its dependencies."""
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[<>=!~\[; ]", requirement)[0].lower() for requirement in declared}
     pinned = {
