@@ -1,22 +1,25 @@
 """Objects on their way to a worker, in shared memory.
 
-A parcel is one POSIX shared-memory segment holding a value's pickle stream
+A parcel is one file in ``/dev/shm`` (memory) holding a value's pickle stream
 and its out-of-band buffers, written once at submit (the snapshot a queued job
 must see). A worker maps it copy-on-write, so numpy arrays and pandas blocks
 are rebuilt over the mapping without a copy, and a job writing to them changes
-only its own worker's pages. The kernel unlinks the segment once no job needs
-it; a worker's mapping outlives the unlink.
+only its own worker's pages. The kernel unlinks the file once no job needs it;
+a worker's open descriptor keeps the pages for as long as it caches the value.
 
-This moves 100 MB at memory speed, where loky's pipe took 0.5-1 s.
+This moves 100 MB at memory speed, where loky's pipe took 0.5-1 s. Where
+``/dev/shm`` is missing or full (containers often give it 64 MB), the file goes
+to the temporary directory instead: the page cache, nearly as fast.
 """
 
 from __future__ import annotations
 
-import _posixshmem  # what multiprocessing.shared_memory is built on
 import contextlib
+import errno
 import mmap
 import os
 import pickle
+import tempfile
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,13 +29,17 @@ if TYPE_CHECKING:  # workers import this module: keep it light
 
 _ALIGN = 64  # numpy's preferred alignment for buffers
 _IMMUTABLE = (bytes, str, frozenset)
+_FULL = (errno.ENOSPC, errno.ENOMEM, errno.EFBIG, errno.EDQUOT)
+
+PARCEL_DIRECTORIES = ("/dev/shm", tempfile.gettempdir())
+"""Where parcels are written, first choice first."""
 
 
 @dataclass(frozen=True)
 class ParcelRef:
-    """Where a worker finds one value: the segment's name and the pieces' lengths."""
+    """Where a worker finds one value: the file and the pieces' lengths."""
 
-    name: str
+    path: str
     inband: int
     buffers: tuple[int, ...]
 
@@ -54,28 +61,8 @@ class Parcel:
 
     def __init__(self, value: Pickled) -> None:
         lengths = tuple(buffer.nbytes for buffer in value.buffers)
-        offsets, total = _layout(len(value.inband), lengths)
-        name = f"/nbbg_{os.urandom(8).hex()}"
-        from multiprocessing import resource_tracker  # the kernel's side only
-
-        descriptor = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
-        # If the kernel dies, multiprocessing's resource tracker unlinks it.
-        resource_tracker.register(name, "shared_memory")
-        try:
-            os.ftruncate(descriptor, total)
-            # pwrite fills the file's pages in the kernel: ~2x faster than copying
-            # through a fresh mapping, which takes a page fault per 4 KiB.
-            _write_all(descriptor, memoryview(value.inband), 0)
-            for offset, buffer in zip(offsets, value.buffers, strict=True):
-                _write_all(descriptor, buffer, offset)
-        except BaseException:
-            _unlink(name)
-            raise
-        finally:
-            os.close(descriptor)
-        self.ref = ParcelRef(name, len(value.inband), lengths)
+        self.ref = ParcelRef(_write(value, lengths), len(value.inband), lengths)
         self.digest = value.digest
-        self.size = total
         self._users = 1
 
     def retain(self) -> Parcel:
@@ -90,10 +77,10 @@ class Parcel:
             if _SHELF.get(self.digest) is self:
                 del _SHELF[self.digest]
         if not background:
-            _unlink(self.ref.name)
+            _unlink(self.ref.path)
             return
         # Freeing 100 MB of pages takes ~15-30 ms: not on the job's way to its result.
-        threading.Thread(target=_unlink, args=(self.ref.name,), daemon=True).start()
+        threading.Thread(target=_unlink, args=(self.ref.path,), daemon=True).start()
 
 
 _SHELF: dict[bytes, Parcel] = {}
@@ -122,6 +109,44 @@ def shelved(digest: bytes) -> Parcel | None:
         return parcel.retain() if parcel is not None else None
 
 
+def _write(value: Pickled, lengths: tuple[int, ...]) -> str:
+    """Write a parcel file in the first directory with room; return its path."""
+    from loky.backend import resource_tracker  # the kernel's side only
+
+    offsets, total = _layout(len(value.inband), lengths)
+    error: OSError | None = None
+    for directory in PARCEL_DIRECTORIES:
+        path = os.path.join(directory, f"nbbg-parcel-{os.urandom(8).hex()}")
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except OSError as exc:  # no such directory, not writable
+            error = exc
+            continue
+        # If the kernel dies, loky's resource tracker deletes the file.
+        resource_tracker.register(path, "file")
+        try:
+            os.ftruncate(descriptor, total)  # workers map exactly this much
+            # pwrite fills the file's pages in the kernel: ~2x faster than copying
+            # through a fresh mapping, which takes a page fault per 4 KiB.
+            _write_all(descriptor, memoryview(value.inband), 0)
+            for offset, buffer in zip(offsets, value.buffers, strict=True):
+                _write_all(descriptor, buffer, offset)
+        except OSError as exc:
+            _unlink(path)
+            if exc.errno not in _FULL:
+                raise
+            error = exc
+            continue
+        except BaseException:
+            _unlink(path)
+            raise
+        finally:
+            os.close(descriptor)
+        return path
+    assert error is not None
+    raise error
+
+
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
     data = data.cast("B") if data.format != "B" else data
     written = 0
@@ -129,12 +154,12 @@ def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
         written += os.pwrite(descriptor, data[written:], offset + written)
 
 
-def _unlink(name: str) -> None:
-    from multiprocessing import resource_tracker
+def _unlink(path: str) -> None:
+    from loky.backend import resource_tracker
 
     with contextlib.suppress(FileNotFoundError):
-        _posixshmem.shm_unlink(name)
-    resource_tracker.unregister(name, "shared_memory")
+        os.unlink(path)
+    resource_tracker.unregister(path, "file")
 
 
 class Received:
@@ -151,7 +176,7 @@ class Received:
         self.ref = ref
         self._immutable: Any = None
         self._offsets, self._total = _layout(ref.inband, ref.buffers)
-        self._descriptor = _posixshmem.shm_open(ref.name, os.O_RDONLY)
+        self._descriptor = os.open(ref.path, os.O_RDONLY)
         try:
             self._inband = os.pread(self._descriptor, ref.inband, 0)
         except BaseException:
@@ -185,4 +210,6 @@ class Received:
     def __del__(self) -> None:
         descriptor, self._descriptor = getattr(self, "_descriptor", -1), -1
         if descriptor >= 0:
-            os.close(descriptor)
+            # Closing the last descriptor of an unlinked 100 MB file frees its pages:
+            # ~15 ms, which must not land in the job that dropped the value.
+            threading.Thread(target=os.close, args=(descriptor,), daemon=True).start()

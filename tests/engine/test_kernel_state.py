@@ -309,6 +309,49 @@ def test_queued_job_reading_an_object_its_worker_lacks_gets_its_submit_time_copy
     assert run(one_worker, notebook["total"]) == 6_000_000.0
 
 
+def test_large_values_travel_through_the_temporary_directory_without_dev_shm(
+    one_worker: nbbg.LokyManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbbg._engine import parcels as _parcels
+
+    # As in a container whose /dev/shm is missing (or too small for the value).
+    monkeypatch.setattr(_parcels, "PARCEL_DIRECTORIES", (str(tmp_path / "no-shm"), str(tmp_path)))
+    notebook = Notebook()
+    notebook.run("import numpy as np\ndata = np.ones(2_000_000)\ndef total(): return data.sum()")
+    assert run(one_worker, notebook["total"]) == 2_000_000.0
+    notebook["data"][0] = 10.0
+    assert run(one_worker, notebook["total"]) == 2_000_009.0
+    wait_until(lambda: not list(tmp_path.glob("nbbg-parcel-*")), what="the parcels to be deleted")
+
+
+def test_job_whose_directory_vanished_before_it_started_fails_clearly_and_the_next_runs(
+    one_worker: nbbg.LokyManager, kernel_state: None, tmp_path: Path
+) -> None:
+    notebook = Notebook()
+    notebook.run(
+        """
+        import time, numpy as np
+        data = np.ones(2_000_000)
+        def total():
+            return float(data.sum())
+        def block(seconds):
+            time.sleep(seconds)
+        """
+    )
+    blocker = one_worker.submit(notebook["block"], 1.0)
+    wait_until(lambda: one_worker.job(blocker).state is nbbg.JobState.RUNNING, what="blocker")
+    doomed_dir = tmp_path / "gone"
+    doomed_dir.mkdir()
+    os.chdir(doomed_dir)
+    doomed = one_worker.submit(notebook["total"])  # queued, with the kernel in `gone`
+    os.chdir(tmp_path)
+    doomed_dir.rmdir()
+    with pytest.raises(nbbg.JobFailedError, match="could not be set up in the worker"):
+        one_worker.wait(doomed, timeout=30)
+    # The worker never loaded what that job carried; the next job still gets it.
+    assert run(one_worker, notebook["total"]) == 2_000_000.0
+
+
 def test_queued_job_whose_copy_is_gone_and_object_changed_fails_clearly(
     one_worker: nbbg.LokyManager, tmp_path: Path
 ) -> None:
