@@ -8,8 +8,8 @@ loop is bounded in count, and every wait in time.
 from __future__ import annotations
 
 import itertools
-import threading
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
