@@ -27,7 +27,7 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 
 from .._engine.engine import Engine
 from .._engine.events import Subscriber
-from .._engine.jobs import JobFailure, JobSnapshot, JobState
+from .._engine.jobs import JobFailure, JobSnapshot, JobState, made_elsewhere
 from .._engine.memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, parse_memory_limit
 from .._engine.process_owner import current_pid
 from .._engine.slots import WorkerInfo
@@ -40,6 +40,7 @@ from .outcomes import (
     error_result,
     json_problem,
     missing_result_message,
+    other_process_message,
     unsendable_result_message,
     warm_json_encoder,
 )
@@ -240,7 +241,11 @@ class LokyManager(BaseBackgroundCallbackManager):
             return {"background_callback_error": {"msg": str(error), "tb": ""}}
         snapshot = self._engine.get(str(job)) if job is not None else None
         if snapshot is None:
-            return self._cached_result(key)
+            cached = self._cached_result(key)
+            if cached is self.UNDEFINED and job is not None and made_elsewhere(str(job)):
+                # Not a cancel: a silent 204 would lose the job without a word.
+                return {"background_callback_error": {"msg": other_process_message(), "tb": ""}}
+            return cached
         outcome = self._outcome(snapshot, key)
         if outcome is not self.UNDEFINED:
             self._engine.mark_collected(snapshot.id)

@@ -43,6 +43,15 @@ def missing_result_message(name: str) -> str:
     )
 
 
+def other_process_message() -> str:
+    return (
+        "this job was started by another server process (or by this kernel before it "
+        "restarted), and LokyManager keeps its jobs in the process that starts them: serve "
+        "the app from one process with threads (e.g. gunicorn -w 1 --threads 8), or use "
+        "CeleryManager or RayManager for several processes"
+    )
+
+
 def error_result(snapshot: JobSnapshot, message: str | None = None) -> dict[str, Any]:
     """Dash's error answer for a failed job (``message`` overrides the job's own)."""
     failure = snapshot.failure

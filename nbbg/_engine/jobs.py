@@ -8,10 +8,27 @@ callers and subscribers, so nothing outside the engine holds its lock.
 from __future__ import annotations
 
 import enum
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+ENGINE_TAG = uuid.uuid4().hex[:6]
+"""Ends every job id made in this process: a poll can tell a job of another process."""
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}([0-9a-f]{6})")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex + ENGINE_TAG
+
+
+def made_elsewhere(job_id: str) -> bool:
+    """Whether ``job_id`` is an nbbg job id made in another process (another server
+    process, or this kernel before a restart)."""
+    match = _JOB_ID.fullmatch(job_id)
+    return match is not None and match.group(1) != ENGINE_TAG
 
 
 class JobState(str, enum.Enum):
@@ -114,7 +131,7 @@ class Job:
         """A job that ended the moment it was recorded (a cache hit, or bad input)."""
         now = time.time()
         return cls(
-            uuid.uuid4().hex,
+            new_job_id(),
             name,
             label,
             result_key,

@@ -13,13 +13,12 @@ its result has expired from the store (``RESULT_TTL``): a parameter sweep of
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .jobs import Job, JobEvent, JobSnapshot, JobState
+from .jobs import Job, JobEvent, JobSnapshot, JobState, new_job_id
 from .shipping import Cargo
 from .worker import JobSpec, Runner
 
@@ -54,7 +53,7 @@ class QueuedJob:
     ) -> QueuedJob:
         """A new job; its result goes to ``result_key`` (a shared ``cache_by`` entry kept
         ``expire`` s) or, without one, to a key of its own kept ``RESULT_TTL`` s."""
-        job_id = uuid.uuid4().hex
+        job_id = new_job_id()
         own_key = result_key is None
         job = Job(
             job_id,

@@ -61,9 +61,11 @@ APP = textwrap.dedent(
 
 
 @contextmanager
-def gunicorn(tmp_path: Path, *options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def gunicorn(
+    tmp_path: Path, *options: str, app: str = APP
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Serve ``app:server`` with gunicorn ``options``; yield the master process and its URL."""
-    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "app.py").write_text(app)
     port = free_port()
     # HOME: recent gunicorns put a control socket there; keep it private to the test.
     env = dict(
@@ -160,6 +162,29 @@ def test_a_manager_built_before_the_fork_refuses_clearly(tmp_path: Path, workers
         assert all(not pid_gone(pid) for pid in owned)
     log = (tmp_path / "gunicorn.log").read_text()
     assert "can only join a child process" not in log, log[-2000:]
+
+
+def test_several_processes_without_preload_say_so_instead_of_losing_the_job(
+    tmp_path: Path,
+) -> None:
+    """``gunicorn -w 2``: each process builds its own manager; a poll reaching the process
+    that did not start the job answers a clear error, never a silent cancel (204)."""
+    slow_app = APP.replace('return f"done {n}"', 'import time; time.sleep(3); return f"done {n}"')
+    with gunicorn(tmp_path, "-w", "2", app=slow_app) as (master, url):
+        wait_until(lambda: len(_server_processes(master.pid)) == 2, what="two server processes")
+        client = DashClient.open(url, timeout=10)
+        job = client.submit("out", {"go": client.click("go")})
+        answers = []
+        for _ in range(60):  # gunicorn's sync workers close each connection: polls spread
+            status, data = client.poll(job)
+            answers.append(status)
+            if status == 200 and ("sideUpdate" in data or "response" in data):
+                break
+            time.sleep(0.05)
+        assert 204 not in answers, answers
+        shown = str(data.get("sideUpdate", {}).get("error", {}).get("children", ""))
+        assert "started by another server process" in shown, data
+        assert "gunicorn -w 1 --threads 8" in shown
 
 
 def test_one_process_with_threads_runs_callbacks_end_to_end(tmp_path: Path) -> None:

@@ -139,9 +139,11 @@ def test_worker_killed_mid_job_reports_error_and_next_job_runs(manager: nbbg.Lok
 
 
 def test_job_ids_are_random_hex_not_pids(manager: nbbg.LokyManager) -> None:
-    job_id = manager.submit(sleep_then_return, 0, 1)
+    job_id, other = manager.submit(sleep_then_return, 0, 1), manager.submit(sum, [1])
     manager.wait(job_id, timeout=10)
-    assert len(job_id) == 32 and int(job_id, 16) >= 0
+    # 32 random hex digits, then 6 naming the process that made it (the same for both)
+    assert len(job_id) == 38 and int(job_id, 16) >= 0 and job_id[32:] == other[32:]
+    assert job_id[:32] != other[:32]
     assert str(manager.job(job_id).worker_pid) not in job_id
 
 
