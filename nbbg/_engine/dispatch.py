@@ -22,6 +22,7 @@ from .channel import Report, ReportKind
 from .jobs import Job, JobEvent, JobFailure, JobState
 from .slots import Slot, SlotPool
 from .table import JobTable, QueuedJob
+from .tracebacks import describe_exception, localize
 
 MESSAGE_WAIT = 0.05
 """Seconds a finished job's worker callback waits for its last reports."""
@@ -143,7 +144,7 @@ class Dispatcher:
         self._changed.notify_all()
 
     def worker_died(self, job: Job, exc: BaseException, fx: Effects) -> None:
-        detail = worker.describe_exception(exc)
+        detail = describe_exception(exc)
         self.end(job, JobState.ERROR, JobFailure(str(WorkerDiedError(job.name, detail))), fx)
 
     def run_finished(self, slot: Slot, job: Job, fx: Effects) -> None:
@@ -164,7 +165,10 @@ class Dispatcher:
         if outcome.kind == "ok":
             self.end(job, JobState.DONE, None, fx)
         else:
-            self.end(job, JobState.ERROR, outcome.failure, fx)
+            failure = outcome.failure
+            if failure is not None:  # name the notebook's cells, as IPython would
+                failure = replace(failure, traceback=localize(failure.traceback, job.code()))
+            self.end(job, JobState.ERROR, failure, fx)
 
     def end(self, job: Job, state: JobState, failure: JobFailure | None, fx: Effects) -> None:
         """Move an active job to a final state, freeing or replacing its slot."""
@@ -202,7 +206,10 @@ class Dispatcher:
             return None
         job.messages_received += 1
         if job.state.active:
-            if report.kind is ReportKind.BAD_PROGRESS:
+            if report.kind is ReportKind.OUTPUT:
+                job.output.add(report.payload)
+                fx.events.append(JobEvent("output", self.table.snapshot(job)))
+            elif report.kind is ReportKind.BAD_PROGRESS:
                 failure = JobFailure(str(BadProgressError(job.name, report.payload)))
                 self.end(job, JobState.ERROR, failure, fx)
                 self.dispatch(fx)

@@ -171,6 +171,7 @@ class Engine:
             result_key,
             expire,
         )
+        item.job.remember_code(fn)
         with self._step() as fx:
             self._ensure_open()
             fx.spawn += self._pool.grow()  # the first job of a manager that did not prewarm

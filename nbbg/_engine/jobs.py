@@ -10,8 +10,12 @@ from __future__ import annotations
 import enum
 import time
 import uuid
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .output import OutputLine, OutputTail
 
 
 class JobState(str, enum.Enum):
@@ -53,6 +57,14 @@ class JobSnapshot:
     cache_hit: bool = False
     origin: Any = None
     """Who submitted the job, as the submitter described it (the Dash adapter: which app)."""
+    output: tuple[OutputLine, ...] = ()
+    """The newest lines the job wrote (stdout, stderr, log records, warnings), oldest first."""
+    output_dropped: int = 0
+    """Lines of output not kept (beyond ``output.MAX_LINES`` / ``MAX_BYTES``)."""
+    peak_memory: int | None = None
+    """The most resident memory (bytes) its worker was seen using while it ran (sampled)."""
+    cpu_time: float | None = None
+    """CPU seconds its worker spent on it (sampled while it ran)."""
 
     @property
     def elapsed(self) -> float:
@@ -63,12 +75,12 @@ class JobSnapshot:
         return max(0.0, end - self.started_at)
 
 
-EventKind = Literal["state", "progress"]
+EventKind = Literal["state", "progress", "output"]
 
 
 @dataclass(frozen=True)
 class JobEvent:
-    """Sent to subscribers when a job changes state or reports progress."""
+    """Sent to subscribers when a job changes state, reports progress or writes output."""
 
     kind: EventKind
     job: JobSnapshot
@@ -99,6 +111,11 @@ class Job:
     messages_received: int = 0
     messages_expected: int | None = None
     worker_outcome: Any = None
+    output: OutputTail = field(default_factory=OutputTail)
+    code: Callable[[], Any] = field(default=lambda: None)
+    """The job's callable (a weak reference when it allows one): names its traceback's frames."""
+    peak_memory: int | None = None
+    cpu_time: float | None = None
 
     @classmethod
     def ended(
@@ -125,6 +142,13 @@ class Job:
             cache_hit=state is JobState.DONE,
         )
 
+    def remember_code(self, fn: Any) -> None:
+        """Keep a reference to the job's callable without keeping it alive when possible."""
+        try:
+            self.code = weakref.ref(fn)
+        except TypeError:
+            self.code = lambda: fn
+
     @property
     def awaits_collection(self) -> bool:
         """Active, or ended with an outcome (done, error) nobody has collected yet."""
@@ -147,4 +171,8 @@ class Job:
             worker_pid=self.worker_pid,
             cache_hit=self.cache_hit,
             origin=self.origin,
+            output=tuple(self.output.lines),
+            output_dropped=self.output.dropped,
+            peak_memory=self.peak_memory,
+            cpu_time=self.cpu_time,
         )
