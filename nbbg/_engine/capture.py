@@ -35,6 +35,8 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Iterator
+from itertools import groupby, repeat
+from operator import itemgetter
 from typing import Any, TextIO
 
 from .output import (
@@ -49,59 +51,70 @@ from .output import (
     OutputLine,
 )
 
-_Pending = tuple[str, str, int]
+_Pending = tuple[str, str] | tuple[str, str, int]
+"""``(stream, text)`` from a stream, ``(stream, text, level)`` from logging and warnings."""
+_Segment = tuple[str, list[str], int, int]
+"""Consecutive lines of one stream: ``(stream, newest lines, level, older lines skipped)``."""
 
 
 class OutputBuffer:
     """What one job wrote since the last flush; written by the job, taken by the flush thread."""
 
-    __slots__ = ("_partial", "_pending", "_wake")
+    __slots__ = ("_partial", "_pending", "_wake", "signalled")
 
     def __init__(self, wake: threading.Event) -> None:
         self._wake = wake
         self._pending: deque[_Pending] = deque()  # append/popleft are atomic: no lock
         self._partial: dict[str, str] = {}
+        self.signalled = False
+        """Whether the flush thread was woken since its last take (an attribute: the
+        cheapest check in the job's hot path)."""
 
     def write(self, stream: str, text: str, level: int = 0) -> None:
         self._pending.append((stream, text, level))
-        if not self._wake.is_set():
-            self._wake.set()
+        if not self.signalled:
+            self.signal()
+
+    def signal(self) -> None:
+        self.signalled = True
+        self._wake.set()
 
     def take(self, final: bool = False) -> OutputChunk | None:
         """Complete lines written since the last take (``final``: the unfinished ones too),
         at most ``MAX_LINES`` / ``MAX_BYTES`` of the newest, with how many were dropped."""
-        items = [self._pending.popleft() for _ in range(len(self._pending))]
-        lines = self._lines(items)
-        if final:
-            for stream, text in self._partial.items():
-                if text:
-                    lines.append(_line(stream, text, 0))
-            self._partial.clear()
-        if not lines:
-            return None
-        return _bounded(lines)
-
-    def _lines(self, items: list[_Pending]) -> list[OutputLine]:
-        lines: list[OutputLine] = []
-        start = 0
-        while start < len(items):
-            stream, _text, level = items[start]
-            end = start + 1
+        self.signalled = False  # before draining: a later write wakes the flush thread again
+        pop = self._pending.popleft
+        items = [pop() for _ in repeat(None, len(self._pending))]
+        segments: list[_Segment] = []
+        for stream, group in groupby(items, key=itemgetter(0)):
             if stream in (STDOUT, STDERR):  # a run of writes to one stream, cut once
-                while end < len(items) and items[end][0] == stream:
-                    end += 1
-                text = self._partial.get(stream, "") + "".join(i[1] for i in items[start:end])
-                *complete, rest = text.split("\n")
-                lines += [_line(stream, part, 0) for part in complete]
-                rest = _last_rewrite(rest)
+                text = self._partial.get(stream, "") + "".join(map(itemgetter(1), group))
+                complete, skipped = _last_lines(text)
+                rest = _last_rewrite(complete.pop())
                 if len(rest) > MAX_LINE:  # a line that never ends (a progress bar): emit it
-                    lines.append(_line(stream, rest, 0))
+                    complete.append(rest)
                     rest = ""
                 self._partial[stream] = rest
-            else:  # a log record or a warning: complete in itself
-                lines += [_line(stream, part, level) for part in items[start][1].splitlines()]
-            start = end
-        return lines
+                segments.append((stream, complete, 0, skipped))
+            else:  # log records and warnings: complete in themselves
+                for item in group:
+                    level = item[2] if len(item) == 3 else 0
+                    segments.append((stream, item[1].splitlines(), level, 0))
+        if final:
+            segments += [(stream, [text], 0, 0) for stream, text in self._partial.items() if text]
+            self._partial.clear()
+        return _bounded(segments)
+
+
+def _last_lines(text: str) -> tuple[list[str], int]:
+    """The newest ``MAX_LINES`` lines of ``text`` and its unfinished end (the last item),
+    and how many older lines were not split out (they would be dropped anyway)."""
+    newlines = text.count("\n")
+    if newlines <= MAX_LINES:
+        return text.split("\n"), 0
+    parts = text.rsplit("\n", MAX_LINES + 1)
+    del parts[0]  # the older lines, in one piece
+    return parts, newlines - MAX_LINES
 
 
 def _last_rewrite(text: str) -> str:
@@ -123,15 +136,28 @@ def _line(stream: str, text: str, level: int) -> OutputLine:
     return OutputLine(stream, text, level)
 
 
-def _bounded(lines: list[OutputLine]) -> OutputChunk:
-    dropped = max(0, len(lines) - MAX_LINES)
-    kept = lines[dropped:]
-    chars = sum(len(line.text) + 1 for line in kept)
-    while kept and chars > MAX_BYTES:
-        chars -= len(kept[0].text) + 1
-        kept = kept[1:]
-        dropped += 1
-    return OutputChunk(tuple(kept), dropped)
+def _bounded(segments: list[_Segment]) -> OutputChunk | None:
+    """The newest lines that fit ``MAX_LINES`` and ``MAX_BYTES``, and how many did not.
+
+    Only the kept lines are built: a flood of output costs a split per flush,
+    not an object per line.
+    """
+    kept: list[OutputLine] = []
+    total = chars = 0
+    for stream, texts, level, skipped in reversed(segments):
+        total += len(texts) + skipped
+        for text in reversed(texts):
+            if len(kept) >= MAX_LINES or chars > MAX_BYTES:
+                break
+            line = _line(stream, text, level)
+            chars += len(line.text) + 1
+            if chars > MAX_BYTES:
+                break
+            kept.append(line)
+    if not total:
+        return None
+    kept.reverse()
+    return OutputChunk(tuple(kept), total - len(kept))
 
 
 # ---------------------------------------------------------------- the worker's streams
@@ -181,8 +207,10 @@ class CapturedStream:
         buffer = _active
         if buffer is None:
             self._forward(text)
-        else:
-            buffer.write(self.stream, text)
+        else:  # OutputBuffer.write, inlined: this is the job's hot path
+            buffer._pending.append((self.stream, text))
+            if not buffer.signalled:
+                buffer.signal()
         return len(text)
 
     def _forward(self, text: str) -> None:

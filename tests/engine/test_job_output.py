@@ -1,4 +1,4 @@
-"""Each job's output (print, stderr, logging, warnings) captured in its worker, with real workers."""
+"""Each job's output (print, stderr, logging, warnings) captured in its worker (real workers)."""
 
 from __future__ import annotations
 
