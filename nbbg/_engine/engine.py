@@ -241,6 +241,13 @@ class Engine:
             self._changed.notify_all()
         return True
 
+    def record_usage(self, job_id: str, peak_memory: int, cpu_time: float) -> None:
+        """Note what a sample of the job's worker found (the memory guard's sampler)."""
+        with self._lock:
+            job = self._table.get(job_id)
+            if job is not None:
+                job.peak_memory, job.cpu_time = peak_memory, cpu_time
+
     def get(self, job_id: str) -> JobSnapshot | None:
         with self._lock:
             job = self._table.get(job_id)

@@ -16,7 +16,7 @@ import pytest
 
 import nbbg
 from nbbg._engine.output import MAX_LINE, MAX_LINES
-from tests.support.helpers import REPO
+from tests.support.helpers import REPO, wait_until
 
 
 def talk_then_fail(lines: int) -> None:
@@ -201,3 +201,36 @@ def test_job_output_no_longer_reaches_the_kernels_own_streams(tmp_path: Path) ->
     assert done.stdout.strip() == "kept 7"
     for text in ("line 0", "something odd", "careful", "old API"):
         assert text not in done.stdout + done.stderr
+
+
+def hold_memory(megabytes: int, seconds: float) -> int:
+    block = bytearray(megabytes * 2**20)  # zero-filled: every page touched
+    time.sleep(seconds)
+    return len(block)
+
+
+def burn_cpu(cpu_seconds: float) -> float:
+    """Spin until this process has used ``cpu_seconds`` of CPU (on a busy machine, wall
+    time runs longer); return the CPU time the worker itself counted."""
+    start = time.process_time()
+    while time.process_time() - start < cpu_seconds:
+        pass
+    return time.process_time() - start
+
+
+def test_peak_memory_and_cpu_time_are_kept_per_job(manager: nbbg.LokyManager) -> None:
+    big = manager.submit(hold_memory, 200, 0.5)
+    busy = manager.submit(burn_cpu, 1.0)
+    assert manager.wait(big, timeout=30) == 200 * 2**20
+    counted = manager.wait(busy, timeout=60)
+    wait_until(lambda: manager.job(busy).cpu_time is not None, what="the last sample")
+    big_job, busy_job = manager.job(big), manager.job(busy)
+    assert big_job.peak_memory is not None and big_job.peak_memory >= 200 * 2**20
+    assert big_job.cpu_time is not None and big_job.cpu_time < 0.4, "it mostly slept"
+    assert busy_job.cpu_time is not None
+    # The worker also imported this test module (and pytest) for the job: up to ~0.2 s more.
+    assert counted - 0.1 <= busy_job.cpu_time <= counted + 0.3, "as the worker itself counted"
+    print(
+        f"peak {big_job.peak_memory / 2**20:.0f} MiB; CPU {busy_job.cpu_time:.2f} s "
+        f"(the worker counted {counted:.2f} s in {busy_job.elapsed:.2f} s)"
+    )
