@@ -217,7 +217,7 @@ class Dispatcher:
                 if self._on_report is not None:
                     self._on_report(report)
                 if report.kind is ReportKind.PROGRESS:
-                    job.progress = report.payload
+                    job.progress, job.progress_at = report.payload, time.time()
                     fx.events.append(JobEvent("progress", self.table.snapshot(job)))
         self.maybe_finish(job, fx)
         return job

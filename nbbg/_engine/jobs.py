@@ -65,6 +65,8 @@ class JobSnapshot:
     """The most resident memory (bytes) its worker was seen using while it ran (sampled)."""
     cpu_time: float | None = None
     """CPU seconds its worker spent on it (sampled while it ran)."""
+    progress_at: float | None = None
+    """When the latest progress value arrived (``time.time()``): rates are measured up to it."""
 
     @property
     def elapsed(self) -> float:
@@ -104,6 +106,7 @@ class Job:
     finished_at: float | None = None
     failure: JobFailure | None = None
     progress: Any = None
+    progress_at: float | None = None
     collected: bool = False
     """Whether the job's outcome (result or error) has been handed to a reader."""
     worker_pid: int | None = None
@@ -175,4 +178,5 @@ class Job:
             output_dropped=self.output.dropped,
             peak_memory=self.peak_memory,
             cpu_time=self.cpu_time,
+            progress_at=self.progress_at,
         )

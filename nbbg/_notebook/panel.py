@@ -6,6 +6,8 @@
         (any thread, any rate)                    at most one render per REFRESH_INTERVAL,
                                                   each widget's changes in one hold_sync
     Cancel / Cancel all (kernel main thread) ──► source.cancel(job_id)
+    ▸ (kernel main thread) ──► expand the row: its output tail and traceback (details.py),
+                               re-rendered with the row, so live while the job runs
 
 A job reporting progress 200 times a second costs one bar update per
 render, never one comm message per ``set_progress``. Rendering happens on a
@@ -25,6 +27,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from .._engine.jobs import JobSnapshot
+from .details import details_html
 from .rows import RowView, choose_rows, footer_text, row_view, summary, text_table
 from .sources import JobSource, app_managers, kernel_managers, source_for
 
@@ -61,21 +64,27 @@ class _Columns:
     """Layouts shared by every row (one model each, not one per row)."""
 
     row: widgets.Layout
+    toggle: widgets.Layout
     title: widgets.Layout
     state: widgets.Layout
     progress: widgets.Layout
     elapsed: widgets.Layout
+    usage: widgets.Layout
     button: widgets.Layout
+    details: widgets.Layout
 
     @classmethod
     def create(cls) -> _Columns:
         return cls(
             row=widgets.Layout(width="100%", align_items="center"),
-            title=widgets.Layout(width="34%"),
-            state=widgets.Layout(width="11%"),
+            toggle=widgets.Layout(width="2.4em", padding="0"),
+            title=widgets.Layout(width="28%"),
+            state=widgets.Layout(width="10%"),
             progress=widgets.Layout(width="32%"),
-            elapsed=widgets.Layout(width="7%"),
+            elapsed=widgets.Layout(width="6%"),
+            usage=widgets.Layout(width="14%"),
             button=widgets.Layout(width="auto"),
+            details=widgets.Layout(width="100%"),
         )
 
     def close(self) -> None:
@@ -84,16 +93,32 @@ class _Columns:
 
 
 class JobRow:
-    """The widgets of one job's row; its Cancel button is bound to that job for good."""
+    """The widgets of one job's row; its buttons are bound to that job for good.
 
-    def __init__(self, job_id: str, on_cancel: Callable[[str], None], columns: _Columns) -> None:
+    The ▸ button expands the row: an ``HTML`` widget under it, made on first use,
+    shows the job's output tail and traceback.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        on_cancel: Callable[[str], None],
+        on_toggle: Callable[[str], None],
+        columns: _Columns,
+    ) -> None:
         self.job_id = job_id
         self._columns = columns
+        self.toggle = widgets.Button(
+            description="▸", tooltip="Show output and traceback", layout=columns.toggle
+        )
+        self.toggle.on_click(lambda _button: on_toggle(job_id))
+        self.details: widgets.HTML | None = None
         self.title = widgets.Label(layout=columns.title)
         self.state = widgets.Label(layout=columns.state)
         self.text = widgets.Label(layout=columns.progress)
         self.bar: widgets.IntProgress | None = None
         self.elapsed = widgets.Label(layout=columns.elapsed)
+        self.usage = widgets.Label(layout=columns.usage)
         self.cancel = widgets.Button(
             description="Cancel", tooltip="Stop this job", layout=columns.button
         )
@@ -102,7 +127,10 @@ class JobRow:
         self.box.add_class("nbbg-job")
         self.box.add_class(f"nbbg-job-{job_id}")
 
-    def show(self, view: RowView) -> None:
+    def show(self, view: RowView, job: JobSnapshot, expanded: bool) -> None:
+        _update(self.toggle, description="▾" if expanded else "▸")
+        if expanded:
+            _update(self._details(), value=details_html(job))
         _update(self.title, value=view.title, tooltip=view.tooltip)
         _update(self.state, value=view.state_text)
         _update(self.state.style, text_color=STATE_COLOURS[view.tone])
@@ -118,10 +146,18 @@ class JobRow:
             progress = self.text
             _update(self.text, value=view.progress_text)
         _update(self.elapsed, value=view.elapsed_text)
-        children = [self.title, self.state, progress, self.elapsed]
+        _update(self.usage, value=view.usage_text, tooltip="peak memory · CPU time")
+        children = [self.toggle, self.title, self.state, progress, self.elapsed, self.usage]
         if view.cancellable:
             children.append(self.cancel)
         _update(self.box, children=tuple(children))
+
+    def _details(self) -> widgets.HTML:
+        if self.details is None:
+            self.details = widgets.HTML(layout=self._columns.details)
+            self.details.add_class("nbbg-job-details")
+            self.details.add_class(f"nbbg-job-details-{self.job_id}")
+        return self.details
 
     def _bar(self) -> widgets.IntProgress:
         if self.bar is None:
@@ -132,9 +168,11 @@ class JobRow:
 
     def close(self) -> None:
         parts: list[widgets.Widget] = [self.box, self.title, self.state, self.text, self.elapsed]
-        parts.append(self.cancel)
+        parts += [self.usage, self.toggle, self.cancel]
         if self.bar is not None:
             parts.append(self.bar)
+        if self.details is not None:
+            parts.append(self.details)
         for part in parts:
             _close(part, own_layout=False)
 
@@ -161,6 +199,7 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._sources: dict[int, tuple[JobSource, Callable[[], None]]] = {}
         self._source_of: dict[str, JobSource] = {}
         self._rows: dict[str, JobRow] = {}
+        self._expanded: set[str] = set()
         self._columns = _Columns.create()
         self._heading = widgets.Label()
         self._cancel_all = widgets.Button(description="Cancel all", tooltip="Stop every job listed")
@@ -199,19 +238,27 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         jobs = self._collect()
         choice = choose_rows(jobs, self.max_rows)
         rows: dict[str, JobRow] = {}
+        boxes: list[widgets.Widget] = []
         for job in choice.shown:
-            row = self._rows.pop(job.id, None) or JobRow(job.id, self._cancel, self._columns)
-            row.show(row_view(job))
+            row = self._rows.pop(job.id, None) or JobRow(
+                job.id, self._cancel, self._toggle, self._columns
+            )
+            expanded = job.id in self._expanded
+            row.show(row_view(job), job, expanded)
             rows[job.id] = row
+            boxes.append(row.box)
+            if expanded and row.details is not None:
+                boxes.append(row.details)
         for gone in self._rows.values():
             gone.close()
         self._rows = rows
+        self._expanded &= set(rows)
         self._active = any(job.state.active for job in jobs)
         _update(self._heading, value=f"{self.title}: {summary(jobs)}")
         _update(self._cancel_all, disabled=not self._active)
         footer = " · ".join(part for part in (footer_text(choice), self._problem) if part)
         _update(self._footer, value=footer)
-        children = [self._header, *(row.box for row in rows.values())]
+        children = [self._header, *boxes]
         if footer:
             children.append(self._footer)
         _update(self, children=tuple(children))
@@ -238,7 +285,13 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 source = source_for(manager, self._owner)
                 self._sources[key] = (source, source.subscribe(self.mark_dirty))
 
-    # ------------------------------------------------------------ cancel
+    # ------------------------------------------------------------ buttons
+    def _toggle(self, job_id: str) -> None:
+        """A row's ▸ button (kernel main thread): show or hide its output."""
+        with self._lock:
+            self._expanded ^= {job_id}
+        self.mark_dirty()
+
     def _cancel(self, job_id: str) -> None:
         """A row's Cancel button (runs on the kernel's main thread: keep it short)."""
         source = self._source_of.get(job_id)
