@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._engine.history import JobHistory, JobRecord
 from ._engine.jobs import JobEvent, JobFailure, JobSnapshot, JobState
+from ._engine.output import OutputLine
 from ._errors import (
     BadProgressError,
+    ExtensionNotLoadedError,
     JobCancelledError,
     JobFailedError,
     MemoryLimitError,
     NbbgError,
+    NotRerunnableError,
     PortInUseError,
+    ResultEvictedError,
     ShutdownError,
     StoreError,
     TemporaryStoreWarning,
@@ -27,6 +32,7 @@ from ._errors import (
 if TYPE_CHECKING:
     from ._dash.manager import LokyManager
     from ._notebook.extension import (
+        history,
         kernel_manager,
         load_ipython_extension,
         unload_ipython_extension,
@@ -38,10 +44,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadProgressError",
+    "ExtensionNotLoadedError",
     "JobCancelledError",
     "JobEvent",
     "JobFailedError",
     "JobFailure",
+    "JobHistory",
+    "JobRecord",
     "JobSnapshot",
     "JobState",
     "JobsPanel",
@@ -49,7 +58,10 @@ __all__ = [
     "LokyManager",
     "MemoryLimitError",
     "NbbgError",
+    "NotRerunnableError",
+    "OutputLine",
     "PortInUseError",
+    "ResultEvictedError",
     "ShutdownError",
     "StoreError",
     "TemporaryStoreWarning",
@@ -61,6 +73,7 @@ __all__ = [
     "WorkerDiedError",
     "WrongProcessError",
     "__version__",
+    "history",
     "kernel_manager",
     "load_ipython_extension",
     "panel",
@@ -76,6 +89,7 @@ _LAZY_NAMES = {
     "JobsPanel": "._notebook.panel",
     "panel": "._notebook.panel",
     "JupyterDash": "._notebook.legacy",
+    "history": "._notebook.extension",
     "kernel_manager": "._notebook.extension",
     "load_ipython_extension": "._notebook.extension",
     "unload_ipython_extension": "._notebook.extension",

@@ -27,6 +27,7 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 
 from .._engine.engine import Engine
 from .._engine.events import Subscriber
+from .._engine.history import History, HistoryWriter, JobHistory
 from .._engine.jobs import JobFailure, JobSnapshot, JobState
 from .._engine.memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, parse_memory_limit
 from .._engine.process_owner import current_pid
@@ -134,6 +135,9 @@ class LokyManager(BaseBackgroundCallbackManager):
             hooks=self._deliveries,
         )
         self._memory_guard = MemoryGuard(self._engine, limit)
+        # Subscribed after the guard: a job's record gets the guard's last sample.
+        self._history = History(self.handle.directory, self.handle, self.submit)
+        self._history_writer = HistoryWriter(self._engine, self._history)
         super().__init__(cache_by)  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------ cache_by
@@ -327,7 +331,27 @@ class LokyManager(BaseBackgroundCallbackManager):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Run ``fn(*args, **kwargs)`` in a worker, outside Dash; return the job id."""
-        return self._engine.submit(fn, (args, kwargs))
+        job_id = self._engine.submit(fn, (args, kwargs))
+        self._history.note_call(job_id, fn, args, kwargs)
+        return job_id
+
+    def history(
+        self, limit: int | None = None, name: str | None = None, state: JobState | str | None = None
+    ) -> JobHistory:
+        """Records of finished jobs in this manager's store, newest first.
+
+        Every kernel using the same store adds to it (and sees the others'):
+        ``name`` keeps one callback's jobs, ``state`` one final state
+        (``"done"``, ``"error"``, ``"cancelled"``). Each record has
+        ``result()``, ``output``, ``traceback`` and, for ``submit()`` jobs,
+        ``rerun()``; the list has ``to_pandas()``.
+        """
+        self._history_writer.catch_up()
+        return self._history.records(limit, name, state)
+
+    def clear_history(self) -> None:
+        """Delete every job record of this store (of every kernel using it)."""
+        self._history.clear()
 
     def jobs(self) -> list[JobSnapshot]:
         return self._engine.jobs()
@@ -360,6 +384,8 @@ class LokyManager(BaseBackgroundCallbackManager):
         if self._engine.owner.is_current:
             self._memory_guard.close()
         self._engine.shutdown()
+        if self._engine.owner.is_current:
+            self._history_writer.close()  # after the last jobs' records are queued
 
     def __repr__(self) -> str:
         active = sum(1 for job in self._engine.jobs() if job.state.active)

@@ -67,6 +67,8 @@ class JobSnapshot:
     """CPU seconds its worker spent on it (sampled while it ran)."""
     progress_at: float | None = None
     """When the latest progress value arrived (``time.time()``): rates are measured up to it."""
+    result_key: str = ""
+    """Where its result is (or will be) in the store ("" for a job that never ran)."""
 
     @property
     def elapsed(self) -> float:
@@ -179,4 +181,5 @@ class Job:
             peak_memory=self.peak_memory,
             cpu_time=self.cpu_time,
             progress_at=self.progress_at,
+            result_key=self.result_key,
         )

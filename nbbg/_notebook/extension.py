@@ -26,6 +26,8 @@ import dash
 
 from .._dash.manager import LokyManager
 from .._dash.private import background_manager, jupyter_runner, set_background_manager
+from .._engine.history import JobHistory
+from .._errors import ExtensionNotLoadedError
 from . import legacy, magics
 from .inline import wrap_run_app
 from .panel import JobsPanel, close_all_panels, panel
@@ -57,6 +59,17 @@ _hook_registered = False
 def kernel_manager() -> LokyManager | None:
     """The manager ``%load_ext nbbg`` created, while the extension is loaded."""
     return None if _loaded is None else _loaded.manager
+
+
+def history(
+    limit: int | None = None, name: str | None = None, state: str | None = None
+) -> JobHistory:
+    """``nbbg.history()``: the kernel manager's job records, newest first (see
+    ``LokyManager.history``)."""
+    manager = kernel_manager()
+    if manager is None:
+        raise ExtensionNotLoadedError("nbbg.history()")
+    return manager.history(limit, name, state)
 
 
 def load_ipython_extension(ipython: Any) -> None:
