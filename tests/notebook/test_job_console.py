@@ -126,8 +126,22 @@ def test_a_failed_job_shows_its_output_warning_and_cell_traceback_and_nothing_sp
     assert row.prominent() == ["WARNING demo: careful with click 1"], "the warning stands out"
     assert 'class="nbbg-traceback"' in (row.details_html or "")
 
+    recorded = session.run(
+        "import nbbg\n"
+        "record = nbbg.history(name='failing')[0]\n"
+        "print(record.state.value, '|', record.error, '|', record.label)\n"
+        "print('\\n'.join(line.text for line in record.output))\n"
+        "print(record.traceback)"
+    )
+    first, *rest = recorded.stdout.splitlines()
+    assert first == "error | ValueError: no luck with 2 | go.n_clicks=1"
+    assert "step 4 of click 1" in rest and "WARNING demo: careful with click 1" in rest
+    assert f"  Cell In[{app_cell_number}], line {raise_line}, in check" in rest
+    table = session.run("%nbbg history").stdout
+    assert "failing" in table and "ValueError: no luck with 2" in table
+
     later = session.run("print('a later cell')")
-    for cell in (busy, later):
+    for cell in (busy, later):  # (the cells that print them on purpose aside)
         for text in ("step 0 of click", "careful with click", "no luck"):
             assert text not in cell.stdout + cell.stderr, "a job's output stays out of cells"
 
@@ -173,3 +187,36 @@ def test_the_time_left_counts_down_for_value_max_progress(console: Console) -> N
     )
     assert re.fullmatch(r"8/8 \[00:0\d, [\d.]+ it/s\]", done.bar_text), done.bar_text
     assert done.usage.endswith("s CPU") and "MiB" in done.usage, "peak memory and CPU shown"
+
+
+FIRST_SESSION = """
+import nbbg, time
+def slow_square(x):
+    time.sleep(0.2)
+    print(f"squaring {x}")
+    return x * x
+manager = nbbg.kernel_manager()
+print(manager.wait(manager.submit(slow_square, 7), timeout=60))
+"""
+
+SECOND_SESSION = """
+import nbbg
+past = nbbg.history()
+record = past[0]
+print(len(past), record.name, record.arguments, record.result(), record.output[-1].text)
+print(nbbg.kernel_manager().wait(record.rerun(), timeout=60))
+print(nbbg.history()[0].arguments, len(nbbg.history()))
+"""
+
+
+def test_a_restarted_kernel_on_the_same_store_sees_and_reruns_past_jobs(tmp_path: Path) -> None:
+    with kernel(tmp_path) as first:
+        first.run("%load_ext nbbg")
+        assert first.run(FIRST_SESSION).stdout.strip() == "49"
+    with kernel(tmp_path) as second:  # a new kernel process, the same store
+        second.run("%load_ext nbbg")
+        lines = second.run(SECOND_SESSION).stdout.splitlines()
+        assert lines == ["1 slow_square (7) 49 squaring 7", "49", "(7) 2"]
+        table = second.run("%nbbg history 5").stdout
+        assert table.splitlines()[0] == "past jobs: 2 newest first"
+        assert table.count("slow_square") == 2
