@@ -10,8 +10,12 @@ Rows (medians of ``--reps`` runs, all in one run of this script):
 - **100 000 lines**: submit -> result of a job printing 100 000 lines, with the
   capture on, and with the job writing to the worker's own stdout instead (the
   same pipe), as a ratio.
-- **sampling**: a CPU-bound job's wall time with the per-job memory/CPU
-  sampling on (a limit set) and off (``memory_limit=None``, no job sampled).
+- **sampling**: the work a CPU-bound job gets done in ``--spin`` seconds with
+  the memory guard sampling its worker (every 50 ms: peak memory, CPU time,
+  the limit) and with the sampler stopped.
+- **records**: writing one job record to the history (one transaction per
+  record, as when jobs end one by one), and ``manager.history()`` of 10 000
+  records, newest first.
 """
 
 from __future__ import annotations
@@ -91,6 +95,52 @@ def diskcache_run(fn: Callable[..., Any], *args: Any) -> Any:
     return manager.get_result(key, pid)
 
 
+def fake_record(k: int) -> nbbg.JobSnapshot:
+    """A finished job as the history writer receives it, with 20 lines of output."""
+    now = time.time() - 10_000 + k
+    lines = tuple(nbbg.OutputLine("stdout", f"step {n} of job {k}: ok") for n in range(20))
+    return nbbg.JobSnapshot(
+        id=f"bench{k:08d}",
+        name="callback",
+        label="button.n_clicks=1",
+        state=nbbg.JobState.DONE,
+        progress=None,
+        queue_position=None,
+        submitted_at=now,
+        started_at=now + 0.01,
+        finished_at=now + 0.5,
+        failure=None,
+        worker_pid=1,
+        output=lines,
+        peak_memory=100 * 2**20,
+        cpu_time=0.4,
+        result_key=f"nbbg-result-bench{k:08d}",
+    )
+
+
+def record_costs(count: int) -> tuple[list[float], list[float]]:
+    """Milliseconds per record written one by one, and per ``history()`` of ``count``."""
+    manager = nbbg.LokyManager(max_workers=1, cache=tempfile.mkdtemp(), prewarm=False)
+    history = manager._history  # the manager's own, as its writer thread uses it
+    try:
+        write_ms = []
+        for k in range(200):
+            started = time.perf_counter()
+            history.write([fake_record(k)])
+            write_ms.append((time.perf_counter() - started) * 1000)
+        for first in range(200, count, 500):
+            history.write([fake_record(k) for k in range(first, min(count, first + 500))])
+        list_ms = []
+        for _ in range(5):
+            started = time.perf_counter()
+            listed = manager.history()
+            list_ms.append((time.perf_counter() - started) * 1000)
+            assert len(listed) == count
+    finally:
+        manager.shutdown()
+    return write_ms, list_ms
+
+
 def timed(manager: nbbg.LokyManager, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     started = time.perf_counter()
     value = manager.wait(manager.submit(fn, *args), timeout=600)
@@ -103,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prints", type=int, default=200_000)
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--spin", type=float, default=5.0, help="CPU-bound job seconds")
+    parser.add_argument("--records", type=int, default=10_000)
     args = parser.parse_args(argv)
     rows: list[tuple[str, str]] = []
     with stdout_into_drained_pipe():
@@ -117,12 +168,19 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             manager.shutdown()
         sampled, unsampled = [], []
-        for limit in ("auto", None) * args.reps:
-            manager = nbbg.LokyManager(max_workers=1, cache=tempfile.mkdtemp(), memory_limit=limit)
+        kernel_cpu: dict[bool, list[float]] = {True: [], False: []}
+        for sampling in (True, False) * args.reps:
+            manager = nbbg.LokyManager(max_workers=1, cache=tempfile.mkdtemp())
+            if not sampling:
+                manager._memory_guard.close()  # the sampler's thread stops: nothing sampled
             try:
-                (sampled if limit else unsampled).append(timed(manager, spin, args.spin)[1])
+                cpu_before = time.process_time()  # this process: the kernel's side
+                seconds, loops = timed(manager, spin, args.spin)
+                kernel_cpu[sampling].append((time.process_time() - cpu_before) / seconds)
+                (sampled if sampling else unsampled).append(loops)
             finally:
                 manager.shutdown()
+        write_ms, list_ms = record_costs(args.records)
     med = statistics.median
     rows.append(("print() in a job, LokyManager (captured)", f"{med(captured) * 1e6:.2f} µs"))
     rows.append(("print() in a job, DiskcacheManager (stdout pipe)", f"{med(forked) * 1e6:.2f} µs"))
@@ -136,9 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(
         (
             f"CPU-bound {args.spin:g} s job, work done sampled ÷ not sampled",
-            f"{med(sampled) / med(unsampled):.3f} (1 - this = the sampling's cost)",
+            f"{med(sampled) / med(unsampled):.3f} (noisy on a shared machine)",
         )
     )
+    sampler = med(kernel_cpu[True]) - med(kernel_cpu[False])
+    rows.append(("the sampler's CPU in the kernel, share of one core", f"{sampler:.2%}"))
+    rows.append(("write one job record (20 output lines)", f"{med(write_ms):.3f} ms"))
+    rows.append((f"manager.history() of {args.records:,} records", f"{med(list_ms):.0f} ms"))
     print("| what | median |\n|---|---|")
     for what, value in rows:
         print(f"| {what} | {value} |")
