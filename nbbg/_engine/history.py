@@ -447,8 +447,8 @@ class History:
     def rerun(self, record: JobRecord) -> str:
         if not record.rerunnable:
             reason = (
-                "only jobs started with submit() keep their call; a Dash job runs again "
-                "when the app fires its callback"
+                "only jobs started with submit() keep their call; a Dash job's result can "
+                "only go to a browser that asked for it: trigger the callback in the app again"
                 if not record.arguments
                 else f"its call was not kept (larger than {MAX_CALL_BYTES} bytes pickled)"
             )
