@@ -8,6 +8,8 @@
     Cancel / Cancel all (kernel main thread) ──► source.cancel(job_id)
     ▸ (kernel main thread) ──► expand the row: its output tail and traceback (details.py),
                                re-rendered with the row, so live while the job runs
+    History (kernel main thread) ──► the last HISTORY_ROWS records of the panel's managers'
+                               store (this app's callbacks), read at most once a second
 
 A job reporting progress 200 times a second costs one bar update per
 render, never one comm message per ``set_progress``. Rendering happens on a
@@ -26,19 +28,26 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from .._dash.manager import LokyManager
+from .._engine.history import JobRecord
 from .._engine.jobs import JobSnapshot
 from .details import details_html
+from .history_view import history_html
 from .rows import RowView, choose_rows, footer_text, row_view, summary, text_table
-from .sources import JobSource, app_managers, kernel_managers, source_for
+from .sources import JobSource, app_callback_names, app_managers, kernel_managers, source_for
 
 REFRESH_INTERVAL = 0.1
 """Seconds between two renders of a panel: at most ~10 widget updates a second."""
 
 MAX_ROWS = 10
+HISTORY_ROWS = 10
+HISTORY_REFRESH = 1.0
+"""Seconds between two reads of the history while its view is open."""
 
 STATE_COLOURS = {"success": "green", "danger": "red", "warning": "darkorange", "": None}
 
 Managers = Callable[[], list[Any]]
+CallbackNames = Callable[[], set[str]]
 
 
 def _update(widget: widgets.Widget, **traits: Any) -> None:
@@ -184,9 +193,17 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     """
 
     def __init__(
-        self, managers: Managers, owner: int | None, title: str, max_rows: int = MAX_ROWS
+        self,
+        managers: Managers,
+        owner: int | None,
+        title: str,
+        max_rows: int = MAX_ROWS,
+        callback_names: CallbackNames | None = None,
     ) -> None:
         super().__init__()
+        self._callback_names = callback_names
+        self._show_history = False
+        self._history_read_at = 0.0
         self.title = title
         self.max_rows = max_rows
         self._managers = managers
@@ -204,7 +221,13 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._heading = widgets.Label()
         self._cancel_all = widgets.Button(description="Cancel all", tooltip="Stop every job listed")
         self._cancel_all.on_click(lambda _button: self._cancel_every_job())
-        self._header = widgets.HBox([self._heading, self._cancel_all])
+        self._history_button = widgets.Button(
+            description="History", tooltip="Past jobs, also from earlier kernels"
+        )
+        self._history_button.on_click(lambda _button: self._toggle_history())
+        self._history = widgets.HTML()
+        self._history.add_class("nbbg-history")
+        self._header = widgets.HBox([self._heading, self._cancel_all, self._history_button])
         self._footer = widgets.Label()
         self.add_class("nbbg-panel")
         self.render()
@@ -261,6 +284,9 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         children = [self._header, *boxes]
         if footer:
             children.append(self._footer)
+        if self._show_history:
+            self._render_history()
+            children.append(self._history)
         _update(self, children=tuple(children))
 
     def _collect(self) -> list[JobSnapshot]:
@@ -285,7 +311,31 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 source = source_for(manager, self._owner)
                 self._sources[key] = (source, source.subscribe(self.mark_dirty))
 
+    def _render_history(self) -> None:
+        if time.monotonic() - self._history_read_at < HISTORY_REFRESH:
+            self._dirty = True  # read it at a later render: a job may just have ended
+            return
+        self._history_read_at = time.monotonic()
+        names = self._callback_names() if self._callback_names is not None else None
+        records: list[JobRecord] = []
+        for manager in self._managers():
+            if isinstance(manager, LokyManager):
+                records += manager.history(limit=None if names else HISTORY_ROWS)
+        if names is not None:
+            records = [record for record in records if record.name in names]
+        unique = {record.id: record for record in records}.values()
+        newest = sorted(unique, key=lambda record: record.submitted_at, reverse=True)
+        _update(self._history, value=history_html(newest[:HISTORY_ROWS], "Past jobs"))
+
     # ------------------------------------------------------------ buttons
+    def _toggle_history(self) -> None:
+        """The History button (kernel main thread): show or hide past jobs."""
+        with self._lock:
+            self._show_history = not self._show_history
+            self._history_read_at = 0.0
+        _update(self._history_button, button_style="info" if self._show_history else "")
+        self.mark_dirty()
+
     def _toggle(self, job_id: str) -> None:
         """A row's ▸ button (kernel main thread): show or hide its output."""
         with self._lock:
@@ -341,7 +391,8 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             for row in self._rows.values():
                 row.close()
             self._rows.clear()
-            for part in (self._heading, self._footer, self._cancel_all, self._header):
+            parts = (self._heading, self._footer, self._cancel_all, self._history_button)
+            for part in (*parts, self._history, self._header):
                 _close(part)
             self._columns.close()
             self.layout.close()
@@ -409,7 +460,11 @@ def panel(app: Any = None, *, max_rows: int = MAX_ROWS) -> JobsPanel:
     if app is None:
         return JobsPanel(kernel_managers, None, "Background jobs in this kernel", max_rows)
     return JobsPanel(
-        lambda: app_managers(app), id(app.server), "Background jobs of this app", max_rows
+        lambda: app_managers(app),
+        id(app.server),
+        "Background jobs of this app",
+        max_rows,
+        callback_names=lambda: app_callback_names(app),
     )
 
 

@@ -112,6 +112,16 @@ def app_managers(app: Any) -> list[BaseBackgroundCallbackManager]:
     return list(found.values())
 
 
+def app_callback_names(app: Any) -> set[str]:
+    """The names of an app's background callbacks (its jobs' names, also in the history)."""
+    names = set()
+    for entry in _callback_entries(app):
+        callback = entry.get("callback")
+        if entry.get("background") and callback is not None:
+            names.add(str(getattr(callback, "__name__", "")))
+    return names
+
+
 def _callback_entries(app: Any) -> list[dict[str, Any]]:
     # Dash adds callbacks (e.g. the hidden cancel callbacks) on its first
     # request, from a request thread, while the panel may be reading.

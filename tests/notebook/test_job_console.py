@@ -71,6 +71,23 @@ class Console:
     def __init__(self, session: KernelSession, panel_id: str, client: DashClient) -> None:
         self.session, self.panel_id, self.client = session, panel_id, client
 
+    def header_button(self, description: str) -> str:
+        widgets = self.session.widgets
+
+        def find() -> str:
+            header = widgets.children(widgets.models[self.panel_id])[0]
+            parts = widgets.children(header)
+            return next(p.comm_id for p in parts if p.state.get("description") == description)
+
+        return self.session.read(find)
+
+    def history_view(self) -> str | None:
+        widgets = self.session.widgets
+        for part in widgets.children(widgets.models[self.panel_id]):
+            if "nbbg-history" in part.state.get("_dom_classes", []):
+                return str(part.state.get("value", "")) or None
+        return None
+
     def rows(self) -> list[PanelRow]:
         return self.session.read(lambda: self.session.widgets.rows(self.panel_id))
 
@@ -131,14 +148,25 @@ def test_a_failed_job_shows_its_output_warning_and_cell_traceback_and_nothing_sp
         "record = nbbg.history(name='failing')[0]\n"
         "print(record.state.value, '|', record.error, '|', record.label)\n"
         "print('\\n'.join(line.text for line in record.output))\n"
-        "print(record.traceback)"
+        "print(record.traceback)\n"
+        "try:\n"
+        "    record.rerun()\n"
+        "except nbbg.NotRerunnableError as exc:\n"
+        "    print('rerun:', exc)"
     )
     first, *rest = recorded.stdout.splitlines()
     assert first == "error | ValueError: no luck with 2 | go.n_clicks=1"
     assert "step 4 of click 1" in rest and "WARNING demo: careful with click 1" in rest
     assert f"  Cell In[{app_cell_number}], line {raise_line}, in check" in rest
+    assert (
+        rest[-1].startswith("rerun: job ") and "trigger the callback in the app again" in rest[-1]
+    )
     table = session.run("%nbbg history").stdout
     assert "failing" in table and "ValueError: no luck with 2" in table
+
+    session.click(console.header_button("History"))
+    shown = session.wait_for(console.history_view, WAIT, "the panel's history view")
+    assert re.search(r"failing</td>.*>error</span>.*ValueError: no luck with 2", shown)
 
     later = session.run("print('a later cell')")
     for cell in (busy, later):  # (the cells that print them on purpose aside)
