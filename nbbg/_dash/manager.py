@@ -34,7 +34,7 @@ from .._engine.process_owner import current_pid
 from .._engine.slots import WorkerInfo
 from .._engine.store import MISSING, open_store, read_result
 from .._engine.worker import in_worker
-from .._errors import NbbgError, WrongProcessError
+from .._errors import NbbgError, UnknownJobError, WrongProcessError
 from .delivery import Deliveries
 from .outcomes import (
     bad_update_error,
@@ -348,6 +348,18 @@ class LokyManager(BaseBackgroundCallbackManager):
         """
         self._history_writer.catch_up()
         return self._history.records(limit, name, state)
+
+    def rerun(self, job_id: str) -> str:
+        """Submit a finished ``submit()`` job's call again (from its record); return the new id.
+
+        Raises ``UnknownJobError`` when the history has no record of it and
+        ``NotRerunnableError`` for a Dash job or a call too large to keep.
+        """
+        self._history_writer.catch_up()
+        record = self._history.record(job_id)
+        if record is None:
+            raise UnknownJobError(job_id)
+        return record.rerun()
 
     def clear_history(self) -> None:
         """Delete every job record of this store (of every kernel using it)."""

@@ -278,7 +278,7 @@ class Engine:
         self._collector.mark(job_id)
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Call ``subscriber(event)`` on every state change and progress report.
+        """Call ``subscriber(event)`` on every state change, progress report and output chunk.
 
         It runs on an engine thread: keep it short and never print from it.
         Returns a function that unsubscribes.

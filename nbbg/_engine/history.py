@@ -411,6 +411,13 @@ class History:
         rows = self._connection().execute(sql, params).fetchall()
         return JobHistory(self._record(row) for row in rows)
 
+    def record(self, job_id: str) -> JobRecord | None:
+        """The record of one job, or None."""
+        self.flush()
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE id = ?"
+        row = self._connection().execute(sql, (job_id,)).fetchone()
+        return None if row is None else self._record(row)
+
     def _record(self, row: Sequence[Any]) -> JobRecord:
         (job_id, name, label, arguments, state, submitted, started, finished, error) = row[:9]
         (lines, dropped, peak, cpu, cache_hit, result_key, rerunnable) = row[9:]

@@ -113,6 +113,7 @@ class JobRow:
         job_id: str,
         on_cancel: Callable[[str], None],
         on_toggle: Callable[[str], None],
+        on_rerun: Callable[[str], None],
         columns: _Columns,
     ) -> None:
         self.job_id = job_id
@@ -132,11 +133,15 @@ class JobRow:
             description="Cancel", tooltip="Stop this job", layout=columns.button
         )
         self.cancel.on_click(lambda _button: on_cancel(job_id))
+        self.rerun = widgets.Button(
+            description="Re-run", tooltip="Submit the same call again", layout=columns.button
+        )
+        self.rerun.on_click(lambda _button: on_rerun(job_id))
         self.box = widgets.HBox(layout=columns.row)
         self.box.add_class("nbbg-job")
         self.box.add_class(f"nbbg-job-{job_id}")
 
-    def show(self, view: RowView, job: JobSnapshot, expanded: bool) -> None:
+    def show(self, view: RowView, job: JobSnapshot, expanded: bool, rerunnable: bool) -> None:
         _update(self.toggle, description="▾" if expanded else "▸")
         if expanded:
             _update(self._details(), value=details_html(job))
@@ -159,6 +164,8 @@ class JobRow:
         children = [self.toggle, self.title, self.state, progress, self.elapsed, self.usage]
         if view.cancellable:
             children.append(self.cancel)
+        elif rerunnable:
+            children.append(self.rerun)
         _update(self.box, children=tuple(children))
 
     def _details(self) -> widgets.HTML:
@@ -177,7 +184,7 @@ class JobRow:
 
     def close(self) -> None:
         parts: list[widgets.Widget] = [self.box, self.title, self.state, self.text, self.elapsed]
-        parts += [self.usage, self.toggle, self.cancel]
+        parts += [self.usage, self.toggle, self.cancel, self.rerun]
         if self.bar is not None:
             parts.append(self.bar)
         if self.details is not None:
@@ -264,10 +271,12 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         boxes: list[widgets.Widget] = []
         for job in choice.shown:
             row = self._rows.pop(job.id, None) or JobRow(
-                job.id, self._cancel, self._toggle, self._columns
+                job.id, self._cancel, self._toggle, self._rerun, self._columns
             )
             expanded = job.id in self._expanded
-            row.show(row_view(job), job, expanded)
+            source = self._source_of.get(job.id)
+            rerunnable = source is not None and source.can_rerun(job)
+            row.show(row_view(job), job, expanded, rerunnable)
             rows[job.id] = row
             boxes.append(row.box)
             if expanded and row.details is not None:
@@ -340,6 +349,18 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         """A row's ▸ button (kernel main thread): show or hide its output."""
         with self._lock:
             self._expanded ^= {job_id}
+        self.mark_dirty()
+
+    def _rerun(self, job_id: str) -> None:
+        """A finished jobs-API row's Re-run button (kernel main thread)."""
+        source = self._source_of.get(job_id)
+        if source is None:
+            return
+        try:
+            source.rerun(job_id)
+            self._problem = ""
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, not as a traceback
+            self._problem = f"re-run failed: {type(exc).__name__}: {exc}"
         self.mark_dirty()
 
     def _cancel(self, job_id: str) -> None:

@@ -35,6 +35,10 @@ class JobSource(Protocol):
 
     def cancel(self, job_id: str) -> bool: ...
 
+    def can_rerun(self, job: JobSnapshot) -> bool: ...
+
+    def rerun(self, job_id: str) -> str: ...
+
     def subscribe(self, on_change: Listener) -> Callable[[], None]: ...
 
 
@@ -58,6 +62,16 @@ class ManagerSource:
 
     def cancel(self, job_id: str) -> bool:
         return self._jobs_of.cancel(job_id)
+
+    def can_rerun(self, job: JobSnapshot) -> bool:
+        """A finished job of nbbg's jobs API (``submit``): its record keeps its call."""
+        nbbg_job = isinstance(self._jobs_of, LokyManager) and job.origin is None
+        return nbbg_job and not job.state.active
+
+    def rerun(self, job_id: str) -> str:
+        if not isinstance(self._jobs_of, LokyManager):
+            raise TypeError("only nbbg's LokyManager keeps what it needs to re-run a job")
+        return self._jobs_of.rerun(job_id)
 
     def subscribe(self, on_change: Listener) -> Callable[[], None]:
         if isinstance(self._jobs_of, LokyManager):

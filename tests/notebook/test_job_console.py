@@ -248,3 +248,43 @@ def test_a_restarted_kernel_on_the_same_store_sees_and_reruns_past_jobs(tmp_path
         table = second.run("%nbbg history 5").stdout
         assert table.splitlines()[0] == "past jobs: 2 newest first"
         assert table.count("slow_square") == 2
+
+
+def test_rerun_from_the_panel_submits_a_finished_jobs_call_again(tmp_path: Path) -> None:
+    with kernel(tmp_path) as session:
+        session.run("%load_ext nbbg")
+        shown = session.run(
+            "import nbbg\n"
+            "def cube(x):\n"
+            "    print(f'cubing {x}')\n"
+            "    return x ** 3\n"
+            "manager = nbbg.kernel_manager()\n"
+            "first = manager.submit(cube, 3)\n"
+            "print(manager.wait(first, timeout=60))\n"
+            "nbbg.panel()"
+        )
+        assert shown.stdout.strip() == "27"
+        panel_id = shown.widget_ids()[0]
+
+        def rows() -> list[PanelRow]:
+            return session.widgets.rows(panel_id)
+
+        done = session.wait_for(
+            lambda: next((r for r in rows() if r.state == "done" and r.rerun_id), None),
+            WAIT,
+            "the finished job's Re-run button",
+        )
+        assert done.title == "cube" and done.cancel_id is None
+        session.click(done.rerun_id)
+        again = session.wait_for(
+            lambda: next(
+                (r for r in rows() if r.job_id != done.job_id and r.state == "done"), None
+            ),
+            WAIT,
+            "the re-run job to finish",
+        )
+        assert again.title == "cube"
+        result = session.run(f"print(manager.wait({again.job_id!r}, timeout=60))")
+        assert result.stdout.strip() == "27"
+        record = session.run(f"print(nbbg.history()[0].id == {again.job_id!r})")
+        assert record.stdout.strip() == "True"

@@ -95,6 +95,7 @@ class PanelRow:
     usage: str
     toggle_id: str
     cancel_id: str | None
+    rerun_id: str | None
     details_html: str | None
     """The expanded row's HTML (output tail, traceback), None while collapsed."""
 
@@ -193,7 +194,8 @@ class WidgetMirror:
             elapsed=elapsed.state.get("value", ""),
             usage=usage.state.get("value", ""),
             toggle_id=toggle.comm_id,
-            cancel_id=rest[0].comm_id if rest else None,
+            cancel_id=_button(rest, "Cancel"),
+            rerun_id=_button(rest, "Re-run"),
             details_html=None,
         )
 
@@ -204,6 +206,10 @@ class WidgetMirror:
     def cancel_all_id(self, panel_id: str) -> str:
         header = self.children(self.models[panel_id])[0]
         return self.children(header)[1].comm_id
+
+
+def _button(parts: list[Model], description: str) -> str | None:
+    return next((p.comm_id for p in parts if p.state.get("description") == description), None)
 
 
 def _kernel_time(msg: dict[str, Any]) -> float:
