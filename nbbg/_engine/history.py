@@ -38,7 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -178,8 +178,7 @@ class JobRecord:
 
     def summary(self) -> dict[str, Any]:
         """The record's fields as a plain dict (one row of ``to_pandas()``)."""
-        data = asdict(self)
-        del data["_history"]
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_history"}
         data["state"] = self.state.value
         data["duration"] = self.duration
         return data

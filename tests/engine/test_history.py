@@ -157,3 +157,32 @@ def test_a_second_kernel_on_the_same_store_sees_and_reruns_the_first_ones_jobs(
         assert second.wait(added.rerun(), timeout=30) == 9
     finally:
         second.shutdown()
+
+
+def test_to_pandas_gives_one_row_per_record(manager: nbbg.LokyManager) -> None:
+    for k in (1, 2):
+        manager.wait(manager.submit(add, k, 10), timeout=30)
+    frame = manager.history().to_pandas()
+    assert list(frame["arguments"]) == ["(2, 10)", "(1, 10)"]
+    assert list(frame["state"]) == ["done", "done"]
+    assert str(frame["finished_at"].dtype).startswith("datetime64")
+    assert (frame["duration"] >= 0).all()
+
+
+NO_PANDAS = """
+import sys
+sys.modules["pandas"] = None  # as if it were not installed
+import nbbg
+try:
+    nbbg.JobHistory().to_pandas()
+except ImportError as error:
+    print(error)
+"""
+
+
+def test_to_pandas_without_pandas_says_how_to_get_it() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", NO_PANDAS], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "to_pandas() needs pandas: pip install pandas"
