@@ -64,6 +64,8 @@ MAX_CALL_BYTES = 2**20
 """A ``submit()`` job's pickled call is kept for ``rerun()`` up to this size (1 MiB)."""
 ARGUMENTS_WIDTH = 200
 """Characters of a ``submit()`` job's argument repr kept in its record."""
+LABEL_WIDTH = 500
+"""Characters of a job's label (a Dash job's triggering inputs) kept in its record."""
 
 _SUMMARY_COLUMNS = (
     "id, name, label, arguments, state, submitted_at, started_at, finished_at, error, "
@@ -328,10 +330,11 @@ class History:
             blob = _pickled_call(call)
         failure = job.failure
         output = json.dumps([list(line) for line in job.output], ensure_ascii=False)
+        label = job.label if len(job.label) <= LABEL_WIDTH else job.label[: LABEL_WIDTH - 1] + "…"
         return (
             job.id,
             job.name,
-            job.label,
+            label,
             arguments,
             job.state.value,
             job.submitted_at,

@@ -8,6 +8,7 @@ callers and subscribers, so nothing outside the engine holds its lock.
 from __future__ import annotations
 
 import enum
+import inspect
 import time
 import uuid
 import weakref
@@ -150,7 +151,8 @@ class Job:
     def remember_code(self, fn: Any) -> None:
         """Keep a reference to the job's callable without keeping it alive when possible."""
         try:
-            self.code = weakref.ref(fn)
+            # A bound method is made anew at each access: hold it as WeakMethod does.
+            self.code = weakref.WeakMethod(fn) if inspect.ismethod(fn) else weakref.ref(fn)
         except TypeError:
             self.code = lambda: fn
 

@@ -186,3 +186,11 @@ def test_to_pandas_without_pandas_says_how_to_get_it() -> None:
         [sys.executable, "-c", NO_PANDAS], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.stdout.strip() == "to_pandas() needs pandas: pip install pandas"
+
+
+def test_an_enormous_label_is_cut_in_the_record(manager: nbbg.LokyManager) -> None:
+    # A Dash job's label holds its triggering inputs, which may be large values.
+    job_id = manager.engine.submit(add, ((1, 2), {}), label="store.data=" + "9" * 100_000)
+    assert manager.wait(job_id, timeout=30) == 3
+    label = manager.history(limit=1)[0].label
+    assert label.startswith("store.data=999") and len(label) == history_module.LABEL_WIDTH

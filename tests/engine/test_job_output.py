@@ -234,3 +234,19 @@ def test_peak_memory_and_cpu_time_are_kept_per_job(manager: nbbg.LokyManager) ->
         f"peak {big_job.peak_memory / 2**20:.0f} MiB; CPU {busy_job.cpu_time:.2f} s "
         f"(the worker counted {counted:.2f} s in {busy_job.elapsed:.2f} s)"
     )
+
+
+class Summer:
+    def total(self, values: list[int]) -> int:
+        return sum(values)
+
+
+def test_a_bound_method_job_keeps_its_callable_for_its_traceback() -> None:
+    from nbbg._engine.jobs import Job
+
+    summer = Summer()
+    job = Job("id", "total", "", "")
+    job.remember_code(summer.total)
+    assert job.code() == summer.total, "a bound method is not dropped at once"
+    del summer
+    assert job.code() is None, "nor kept alive"
