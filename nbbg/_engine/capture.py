@@ -2,7 +2,7 @@
 
 A worker inherits the kernel's file descriptors, which ipykernel forwards to
 whichever cell happens to run: without this, a job's ``print`` lands in an
-unrelated cell, mixed with other jobs' output. So :func:`install` (once per
+unrelated cell, mixed with other jobs' output. So :func:`install_capture` (once per
 worker) replaces ``sys.stdout`` and ``sys.stderr`` with :class:`CapturedStream`\\ s
 and ``logging.lastResort`` with a handler of its own; :func:`capturing` (once per
 job) routes all of it, and ``warnings``, to the job's :class:`OutputBuffer`::
@@ -297,7 +297,7 @@ def _show_warning(
 _streams: tuple[CapturedStream, CapturedStream] | None = None
 
 
-def install() -> None:
+def install_capture() -> None:
     """Replace this worker's ``sys.stdout``, ``sys.stderr`` and ``logging.lastResort`` (once)."""
     global _streams
     if _streams is not None:

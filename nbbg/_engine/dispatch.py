@@ -22,7 +22,7 @@ from .channel import Report, ReportKind
 from .jobs import Job, JobEvent, JobFailure, JobState
 from .slots import Slot, SlotPool
 from .table import JobTable, QueuedJob
-from .tracebacks import describe_exception, localize
+from .tracebacks import localize
 
 MESSAGE_WAIT = 0.05
 """Seconds a finished job's worker callback waits for its last reports."""
@@ -144,7 +144,7 @@ class Dispatcher:
         self._changed.notify_all()
 
     def worker_died(self, job: Job, exc: BaseException, fx: Effects) -> None:
-        detail = describe_exception(exc)
+        detail = worker.describe_exception(exc)
         self.end(job, JobState.ERROR, JobFailure(str(WorkerDiedError(job.name, detail))), fx)
 
     def run_finished(self, slot: Slot, job: Job, fx: Effects) -> None:

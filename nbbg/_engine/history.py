@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import queue
 import reprlib
 import sqlite3
@@ -474,12 +475,38 @@ class History:
         return self._submit(fn, *args, **kwargs)
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class _CappedBuffer:
+    """A pickle's file that gives up past ``MAX_CALL_BYTES``: a call holding a 100 MB
+    global costs the first megabyte of pickling, not 100 MB on every job."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        length = memoryview(data).nbytes
+        self.size += length
+        if self.size > MAX_CALL_BYTES:
+            raise _TooLarge
+        self.parts.append(bytes(data))
+        return length
+
+
 def _pickled_call(call: _Call) -> bytes | None:
+    """The call, pickled for ``rerun()``; None when it is too large to keep (or changed so
+    that it no longer pickles)."""
+    buffer = _CappedBuffer()
     try:
-        blob = cloudpickle.dumps((call.fn, call.args, call.kwargs))
-    except Exception:  # noqa: BLE001 - the job itself had pickled; a race with a mutation
+        cloudpickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(
+            (call.fn, call.args, call.kwargs)
+        )
+    except Exception:  # noqa: BLE001 - _TooLarge, or a call that no longer pickles
         return None
-    return blob if len(blob) <= MAX_CALL_BYTES else None
+    return b"".join(buffer.parts)
 
 
 class HistoryWriter:

@@ -1,11 +1,12 @@
 """Tracebacks of failed jobs that point at the user's code: the notebook's cells and lines.
 
-Two halves, one on each side of the channel:
+The worker formats a failed job's traceback as Python does; in the kernel,
+:func:`localize` rewrites that text:
 
-- In the worker, :func:`format_job_exception` formats the job's exception
-  without the leading frames of nbbg itself (the worker loop, the Dash runner):
-  the first frame shown is the user's callback.
-- In the kernel, :func:`localize` rewrites that text. cloudpickle ships a
+- The leading frames of nbbg itself (the worker loop, the Dash runner) go: the
+  first frame shown is the user's callback. (Workers run the kernel's nbbg, so
+  its directory is the same on both sides.)
+- cloudpickle ships a
   function by value with its file name replaced by ``<dynamic-code>`` (line
   numbers kept), and a function defined in a notebook cell has a file name such
   as ``/tmp/ipykernel_<pid>/<hash>.py`` that exists only in the kernel's
@@ -14,6 +15,8 @@ Two halves, one on each side of the channel:
   object the job's callable reaches (its own, nested ones, the functions of its
   globals and closure: what cloudpickle shipped), then named as IPython names
   it (``Cell In[5], line 7, in f``) and given its source line from ``linecache``.
+
+Rewriting in the kernel keeps the worker's side to Python's own formatting.
 
 The engine does not import IPython: when a shell runs in this process,
 IPython is in ``sys.modules`` and its compiler knows each cell's name.
@@ -24,10 +27,9 @@ from __future__ import annotations
 import linecache
 import re
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import CodeType, FunctionType, TracebackType
+from types import CodeType, FunctionType
 from typing import Any
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent.parent) + "/"
@@ -38,33 +40,6 @@ SHIPPED_FILE = "<dynamic-code>"
 """The file name cloudpickle gives every code object it ships by value."""
 MAX_CODES = 500
 """Code objects looked at per callable, at most (a callable reaching a whole library)."""
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message``, even when the exception's ``str()`` itself raises."""
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001
-        text = "<the exception's message could not be produced: str() raised>"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _user_frames(tb: TracebackType | None) -> TracebackType | None:
-    """``tb`` without its leading frames in nbbg's own modules (keeps the last one)."""
-    while tb is not None and tb.tb_next is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-            break
-        tb = tb.tb_next
-    return tb
-
-
-def format_job_exception(exc: BaseException) -> str:
-    """The traceback a user wants to read: from their callback down to the error."""
-    try:
-        tb = _user_frames(exc.__traceback__)
-        return "".join(traceback.TracebackException(type(exc), exc, tb).format())
-    except Exception:  # noqa: BLE001 - str() of the exception may raise
-        return "".join(traceback.format_tb(exc.__traceback__)) + describe_exception(exc)
 
 
 def cell_name(filename: str) -> str | None:
@@ -161,7 +136,7 @@ def localize(text: str, fn: Callable[..., Any] | None = None) -> str:
     if not text or 'File "' not in text:
         return text
     codes: list[CodeType] | None = None
-    lines = text.split("\n")
+    lines = _without_nbbg_frames(text.split("\n"))
     out: list[str] = []
     for k, line in enumerate(lines):
         match = _FRAME.match(line)
@@ -186,6 +161,41 @@ def localize(text: str, fn: Callable[..., Any] | None = None) -> str:
             if source:
                 out.append(f"{indent}  {source}")
     return "\n".join(out)
+
+
+def _without_nbbg_frames(lines: list[str]) -> list[str]:
+    """Each traceback's leading frames in nbbg's own files left out (its last frame kept)."""
+    out: list[str] = []
+    k = 0
+    while k < len(lines):
+        out.append(lines[k])
+        if lines[k] != "Traceback (most recent call last):":
+            k += 1
+            continue
+        k += 1
+        frames = _frame_spans(lines, k)
+        leading = 0
+        while leading < len(frames) - 1 and frames[leading][2].startswith(_PACKAGE_DIR):
+            leading += 1
+        if frames:
+            k = frames[leading][0]
+    return out
+
+
+def _frame_spans(lines: list[str], start: int) -> list[tuple[int, int, str]]:
+    """``(first line, end, file)`` of each frame of the traceback starting at ``start``."""
+    spans: list[tuple[int, int, str]] = []
+    k = start
+    while k < len(lines):
+        match = _FRAME.match(lines[k])
+        if match is None:
+            break
+        end = k + 1
+        while end < len(lines) and lines[end].startswith(match["indent"] + " "):
+            end += 1  # the source line, the carets
+        spans.append((k, end, match["file"]))
+        k = end
+    return spans
 
 
 def _safely(find: Callable[[Any], list[CodeType]], fn: Any) -> list[CodeType]:

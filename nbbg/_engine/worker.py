@@ -5,10 +5,9 @@ kernel" signals the whole process group and must not kill jobs), lowers the
 worker's CPU priority below the kernel's (so Dash's requests, the panel and
 the next cell get the CPU first when every core is busy), starts a
 watchdog that ends the worker when the kernel that owns it dies, and opens the
-progress channel and the output capture (``capture``). ``run_job`` runs one job: it
-takes the callable from the per-worker cache (or unpickles the payload that came
-with the job), calls it through the job's runner with its output captured,
-flushes the last progress and output, writes the result to the
+progress channel. ``run_job`` runs one job: it takes the callable from the
+per-worker cache (or unpickles the payload that came with the job), calls it
+through the job's runner, flushes the last progress, writes the result to the
 store and reports how the job ended.
 """
 
@@ -21,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +29,11 @@ from typing import Any, Literal
 import cloudpickle
 
 from .._errors import StoreError, UnpicklableResultError
-from . import capture
+from .capture import capturing, install_capture
 from .channel import JobReporter, ProgressSender
 from .jobs import JobFailure
 from .platform import lower_priority, unblock_sigint
 from .store import Store
-from .tracebacks import describe_exception
-from .tracebacks import format_job_exception as _format_traceback
 
 FUNCTION_CACHE_SIZE = 32
 WATCHDOG_INTERVAL = 0.2
@@ -92,7 +90,7 @@ def initialize(owner_pid: int, channel_address: Any, authkey: bytes) -> None:
         target=_watch_owner, args=(owner_pid,), name="nbbg-watchdog", daemon=True
     ).start()
     _state = _WorkerState(ProgressSender(channel_address, authkey))
-    capture.install()
+    install_capture()  # the job's print/logging/warnings go to the job (capture.py)
 
 
 def in_worker() -> bool:
@@ -124,6 +122,22 @@ def call_plain(fn: Callable[..., Any], reporter: JobReporter, call: Any) -> Any:
     """The default runner: ``fn(*args, **kwargs)``."""
     args, kwargs = call
     return fn(*args, **kwargs)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message``, even when the exception's ``str()`` itself raises."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001
+        text = "<the exception's message could not be produced: str() raised>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _format_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 - str() of the exception may raise
+        return "".join(traceback.format_tb(exc.__traceback__)) + describe_exception(exc)
 
 
 def _function(state: _WorkerState, spec: JobSpec) -> Callable[..., Any] | None:
@@ -178,7 +192,7 @@ def run_job(spec: JobSpec) -> WorkerOutcome:
     value: Any = None
     try:
         call = cloudpickle.loads(spec.args_payload)
-        with capture.capturing(reporter.output):
+        with capturing(reporter.output):
             value = spec.runner(fn, reporter, call)
     except BaseException as exc:  # noqa: BLE001 - the job's own errors, SystemExit included
         failure = JobFailure(describe_exception(exc), _format_traceback(exc))

@@ -194,3 +194,18 @@ def test_an_enormous_label_is_cut_in_the_record(manager: nbbg.LokyManager) -> No
     assert manager.wait(job_id, timeout=30) == 3
     label = manager.history(limit=1)[0].label
     assert label.startswith("store.data=999") and len(label) == history_module.LABEL_WIDTH
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+def test_a_call_too_large_to_keep_is_recorded_without_it(manager: nbbg.LokyManager) -> None:
+    job_id = manager.submit(length, b"x" * (history_module.MAX_CALL_BYTES + 1))
+    assert manager.wait(job_id, timeout=30) == history_module.MAX_CALL_BYTES + 1
+    record = manager.history(limit=1)[0]
+    assert record.arguments.startswith("(b'xxx") and "..." in record.arguments
+    assert len(record.arguments) < 80, "a short repr, never the data"
+    assert not record.rerunnable
+    with pytest.raises(nbbg.NotRerunnableError, match="larger than 1048576 bytes"):
+        record.rerun()
