@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._engine.history import JobHistory, JobRecord
 from ._engine.jobs import JobEvent, JobFailure, JobSnapshot, JobState
 from ._engine.output import OutputLine
+from ._engine.records import JobHistory, JobRecord
 from ._errors import (
     BadProgressError,
     ExtensionNotLoadedError,

@@ -27,10 +27,11 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 
 from .._engine.engine import Engine
 from .._engine.events import Subscriber
-from .._engine.history import History, HistoryWriter, JobHistory
+from .._engine.history import History, HistoryWriter
 from .._engine.jobs import JobFailure, JobSnapshot, JobState
 from .._engine.memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, parse_memory_limit
 from .._engine.process_owner import current_pid
+from .._engine.records import JobHistory
 from .._engine.slots import WorkerInfo
 from .._engine.store import MISSING, open_store, read_result
 from .._engine.worker import in_worker

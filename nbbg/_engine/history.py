@@ -34,20 +34,19 @@ import logging
 import os
 import pickle
 import queue
-import reprlib
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from .._errors import JobCancelledError, JobFailedError, NotRerunnableError, ResultEvictedError
+from .._errors import NotRerunnableError
 from .jobs import JobEvent, JobSnapshot, JobState
 from .output import OutputLine
-from .store import MISSING, read_result
+from .records import JobHistory, JobRecord, describe_call
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -63,8 +62,6 @@ MAX_DB_BYTES = 128 * 2**20
 """The database's size at most: 128 MiB (a record with a full output tail is up to ~260 KiB)."""
 MAX_CALL_BYTES = 2**20
 """A ``submit()`` job's pickled call is kept for ``rerun()`` up to this size (1 MiB)."""
-ARGUMENTS_WIDTH = 200
-"""Characters of a ``submit()`` job's argument repr kept in its record."""
 LABEL_WIDTH = 500
 """Characters of a job's label (a Dash job's triggering inputs) kept in its record."""
 
@@ -94,118 +91,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (submitted_at);
 CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (name, submitted_at);
 """
-
-
-def _short_repr() -> reprlib.Repr:
-    shortener = reprlib.Repr()
-    shortener.maxstring = shortener.maxother = 60
-    shortener.maxlist = shortener.maxtuple = shortener.maxdict = shortener.maxset = 6
-    return shortener
-
-
-_SHORTENER = _short_repr()
-
-
-def describe_call(args: Sequence[Any], kwargs: dict[str, Any]) -> str:
-    """``(3, 'a', x=[1, 2, ...])``, short, even when an argument's ``repr`` raises."""
-    parts = [_safe_repr(value) for value in args]
-    parts += [f"{key}={_safe_repr(value)}" for key, value in kwargs.items()]
-    text = f"({', '.join(parts)})"
-    return text if len(text) <= ARGUMENTS_WIDTH else text[: ARGUMENTS_WIDTH - 1] + "…"
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return _SHORTENER.repr(value)
-    except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the record
-        return f"<{type(value).__name__}: repr() failed>"
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """A finished job as the history keeps it (``manager.history()``)."""
-
-    id: str
-    name: str
-    label: str
-    arguments: str
-    state: JobState
-    submitted_at: float
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-    output_lines: int
-    output_dropped: int
-    peak_memory: int | None
-    cpu_time: float | None
-    cache_hit: bool
-    result_key: str
-    rerunnable: bool
-    _history: History | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from start to end (None for a job cancelled before it started)."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return max(0.0, self.finished_at - self.started_at)
-
-    @property
-    def output(self) -> tuple[OutputLine, ...]:
-        """The job's output tail (loaded from the database on each read)."""
-        return self._need_history().output_of(self.id)
-
-    @property
-    def traceback(self) -> str:
-        """The traceback of a failed job ("" otherwise)."""
-        return self._need_history().traceback_of(self.id)
-
-    def result(self) -> Any:
-        """The job's result, while the store still holds it.
-
-        Raises ``JobFailedError`` / ``JobCancelledError`` for a job that did
-        not end done, ``ResultEvictedError`` once its result is gone.
-        """
-        if self.state is JobState.CANCELLED:
-            raise JobCancelledError(self.id)
-        if self.state is JobState.ERROR:
-            raise JobFailedError(self.id, self.error or "", self.traceback)
-        value = read_result(self._need_history().store, self.result_key, self.name)
-        if value is MISSING:
-            raise ResultEvictedError(self.id, self.name)
-        return value
-
-    def rerun(self) -> str:
-        """Submit the same call again to the manager that lists this record; return the new id."""
-        return self._need_history().rerun(self)
-
-    def summary(self) -> dict[str, Any]:
-        """The record's fields as a plain dict (one row of ``to_pandas()``)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_history"}
-        data["state"] = self.state.value
-        data["duration"] = self.duration
-        return data
-
-    def _need_history(self) -> History:
-        if self._history is None:
-            raise RuntimeError("this record is not attached to a history")
-        return self._history
-
-
-class JobHistory(list[JobRecord]):
-    """``manager.history()``: records newest first, and ``to_pandas()``."""
-
-    def to_pandas(self) -> Any:
-        """A ``pandas.DataFrame`` of the records (pandas is optional: install it for this)."""
-        try:
-            import pandas as pd  # type: ignore[import-untyped,unused-ignore]
-        except ImportError as exc:
-            raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
-        frame = pd.DataFrame([record.summary() for record in self])
-        for column in ("submitted_at", "started_at", "finished_at"):
-            if column in frame:
-                frame[column] = pd.to_datetime(frame[column], unit="s")
-        return frame
 
 
 @dataclass

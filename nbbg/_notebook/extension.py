@@ -34,7 +34,7 @@ from .._dash.private import (
     jupyter_runner,
     set_background_manager,
 )
-from .._engine.history import JobHistory
+from .._engine.records import JobHistory
 from .._errors import ExtensionNotLoadedError
 from . import legacy, magics
 from .fit import add_frame_script, fitted_display

@@ -11,7 +11,7 @@ import html
 import time
 from collections.abc import Sequence
 
-from .._engine.history import JobRecord
+from .._engine.records import JobRecord
 from .rows import format_bytes, format_elapsed
 
 NAME_WIDTH = 24

@@ -29,8 +29,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from .._dash.manager import LokyManager
-from .._engine.history import JobRecord
 from .._engine.jobs import JobSnapshot
+from .._engine.records import JobRecord
 from .details import details_html
 from .history_view import history_html
 from .rows import RowView, choose_rows, footer_text, row_view, summary, text_table

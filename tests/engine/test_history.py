@@ -12,6 +12,7 @@ import pytest
 
 import nbbg
 from nbbg._engine import history as history_module
+from nbbg._engine import records as records_module
 from tests.support.helpers import REPO
 
 
@@ -102,7 +103,7 @@ def test_arguments_are_a_short_safe_repr_never_the_data(manager: nbbg.LokyManage
     assert manager.wait(job_id, timeout=30) == 0
     arguments = manager.history(limit=1)[0].arguments
     assert arguments.startswith("([0, 1, 2, 3, 4, 5, ...], extra=<BadRepr instance at 0x")
-    assert "more=xxxxxx" in arguments and len(arguments) <= history_module.ARGUMENTS_WIDTH
+    assert "more=xxxxxx" in arguments and len(arguments) <= records_module.ARGUMENTS_WIDTH
 
 
 def test_retention_bounds_the_records_and_clear_history_empties_them(
