@@ -129,7 +129,10 @@ def test_a_failed_job_shows_its_output_warning_and_cell_traceback_and_nothing_sp
     assert 'raise ValueError(f"no luck with {total}")' in app_error
     assert "<dynamic-code>" not in app_error and "nbbg/_engine" not in app_error
 
-    row = console.wait_row("go.n_clicks=1", "failed", lambda r: r.state == "error")
+    # (Each widget of a row updates in a message of its own: wait for both.)
+    row = console.wait_row(
+        "go.n_clicks=1", "failed, saying why", lambda r: r.state == "error" and r.text
+    )
     assert row.text == "ValueError: no luck with 2", "the row itself says why"
     assert row.details is None
     session.click(row.toggle_id)
