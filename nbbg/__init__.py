@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._engine.jobs import JobEvent, JobFailure, JobSnapshot, JobState
+from ._engine.output import OutputLine
+from ._engine.records import JobHistory, JobRecord
 from ._errors import (
     BadProgressError,
+    ExtensionNotLoadedError,
     JobCancelledError,
     JobFailedError,
     MemoryLimitError,
     ModuleImportError,
     NbbgError,
+    NotRerunnableError,
     ObjectChangedError,
     PortInUseError,
+    ResultEvictedError,
     ShippingError,
     ShutdownError,
     StoreError,
@@ -30,6 +35,7 @@ from ._errors import (
 if TYPE_CHECKING:
     from ._dash.manager import LokyManager
     from ._notebook.extension import (
+        history,
         kernel_manager,
         load_ipython_extension,
         unload_ipython_extension,
@@ -41,10 +47,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadProgressError",
+    "ExtensionNotLoadedError",
     "JobCancelledError",
     "JobEvent",
     "JobFailedError",
     "JobFailure",
+    "JobHistory",
+    "JobRecord",
     "JobSnapshot",
     "JobState",
     "JobsPanel",
@@ -53,8 +62,11 @@ __all__ = [
     "MemoryLimitError",
     "ModuleImportError",
     "NbbgError",
+    "NotRerunnableError",
     "ObjectChangedError",
+    "OutputLine",
     "PortInUseError",
+    "ResultEvictedError",
     "ShippingError",
     "ShutdownError",
     "StoreError",
@@ -67,6 +79,7 @@ __all__ = [
     "WorkerDiedError",
     "WrongProcessError",
     "__version__",
+    "history",
     "kernel_manager",
     "load_ipython_extension",
     "panel",
@@ -82,6 +95,7 @@ _LAZY_NAMES = {
     "JobsPanel": "._notebook.panel",
     "panel": "._notebook.panel",
     "JupyterDash": "._notebook.legacy",
+    "history": "._notebook.extension",
     "kernel_manager": "._notebook.extension",
     "load_ipython_extension": "._notebook.extension",
     "unload_ipython_extension": "._notebook.extension",

@@ -242,3 +242,31 @@ class PortInUseError(NbbgError, OSError):
     def _render_traceback_(self) -> list[str]:
         """IPython shows this instead of a traceback: the message is all there is to know."""
         return [f"{type(self).__name__}: {self}"]
+
+
+class ResultEvictedError(NbbgError, LookupError):
+    """``record.result()`` of a past job whose result is no longer in the store."""
+
+    def __init__(self, job_id: str, name: str) -> None:
+        super().__init__(
+            f"the result of job {job_id} (`{name}`) is no longer in the store: results "
+            "are kept 24 h and the store drops the oldest beyond its size limit "
+            "(or it was cleared); run the job again (record.rerun() for submit() jobs)"
+        )
+
+
+class NotRerunnableError(NbbgError, TypeError):
+    """``record.rerun()`` of a job that cannot be submitted again from its record."""
+
+    def __init__(self, job_id: str, name: str, reason: str) -> None:
+        super().__init__(f"job {job_id} (`{name}`) cannot be re-run from its record: {reason}")
+
+
+class ExtensionNotLoadedError(NbbgError, RuntimeError):
+    """A function that needs the kernel's manager, called before ``%load_ext nbbg``."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} uses the manager of `%load_ext nbbg`, which is not loaded: run "
+            "`%load_ext nbbg` first, or call it on your own LokyManager"
+        )

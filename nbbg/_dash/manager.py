@@ -27,13 +27,15 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 
 from .._engine.engine import Engine
 from .._engine.events import Subscriber
+from .._engine.history import History, HistoryWriter
 from .._engine.jobs import JobFailure, JobSnapshot, JobState, made_elsewhere
 from .._engine.memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, parse_memory_limit
 from .._engine.process_owner import current_pid
+from .._engine.records import JobHistory
 from .._engine.slots import WorkerInfo
 from .._engine.store import MISSING, open_store, read_result
 from .._engine.worker import in_worker
-from .._errors import NbbgError, WrongProcessError
+from .._errors import NbbgError, UnknownJobError, WrongProcessError
 from .delivery import Deliveries
 from .outcomes import (
     bad_update_error,
@@ -135,6 +137,9 @@ class LokyManager(BaseBackgroundCallbackManager):
             hooks=self._deliveries,
         )
         self._memory_guard = MemoryGuard(self._engine, limit)
+        # Subscribed after the guard: a job's record gets the guard's last sample.
+        self._history = History(self.handle.directory, self.handle, self.submit)
+        self._history_writer = HistoryWriter(self._engine, self._history)
         super().__init__(cache_by)  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------ cache_by
@@ -332,7 +337,39 @@ class LokyManager(BaseBackgroundCallbackManager):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Run ``fn(*args, **kwargs)`` in a worker, outside Dash; return the job id."""
-        return self._engine.submit(fn, (args, kwargs))
+        job_id = self._engine.submit(fn, (args, kwargs))
+        self._history.note_call(job_id, fn, args, kwargs)
+        return job_id
+
+    def history(
+        self, limit: int | None = None, name: str | None = None, state: JobState | str | None = None
+    ) -> JobHistory:
+        """Records of finished jobs in this manager's store, newest first.
+
+        Every kernel using the same store adds to it (and sees the others'):
+        ``name`` keeps one callback's jobs, ``state`` one final state
+        (``"done"``, ``"error"``, ``"cancelled"``). Each record has
+        ``result()``, ``output``, ``traceback`` and, for ``submit()`` jobs,
+        ``rerun()``; the list has ``to_pandas()``.
+        """
+        self._history_writer.catch_up()
+        return self._history.records(limit, name, state)
+
+    def rerun(self, job_id: str) -> str:
+        """Submit a finished ``submit()`` job's call again (from its record); return the new id.
+
+        Raises ``UnknownJobError`` when the history has no record of it and
+        ``NotRerunnableError`` for a Dash job or a call too large to keep.
+        """
+        self._history_writer.catch_up()
+        record = self._history.record(job_id)
+        if record is None:
+            raise UnknownJobError(job_id)
+        return record.rerun()
+
+    def clear_history(self) -> None:
+        """Delete every job record of this store (of every kernel using it)."""
+        self._history.clear()
 
     def jobs(self) -> list[JobSnapshot]:
         return self._engine.jobs()
@@ -365,6 +402,8 @@ class LokyManager(BaseBackgroundCallbackManager):
         if self._engine.owner.is_current:
             self._memory_guard.close()
         self._engine.shutdown()
+        if self._engine.owner.is_current:
+            self._history_writer.close()  # after the last jobs' records are queued
 
     def __repr__(self) -> str:
         active = sum(1 for job in self._engine.jobs() if job.state.active)

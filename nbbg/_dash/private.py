@@ -67,6 +67,15 @@ def jupyter_runner() -> Any:
     return jupyter_dash
 
 
+def inline_display_slot(runner: Any) -> tuple[Any, str]:
+    """Where Dash's notebook runner keeps how it shows an app: ``(owner, attribute)``.
+
+    A static method ``(url, port, mode, width, height)``, called on the class
+    (``JupyterDash._display_in_jupyter``), so replacing it means patching the class.
+    """
+    return type(runner), "_display_in_jupyter"
+
+
 def notebook_servers() -> dict[tuple[str, int], Any]:
     """The servers Dash's notebook runner has started, by ``(host, port)``."""
     return dict(type(jupyter_runner())._servers)

@@ -13,8 +13,11 @@ interval). Writing every value to Redis, as CeleryManager does, costs the job
 ~130 µs a call; this costs ~0.1 µs (bench/RESULTS.md).
 
 A report is a :class:`ReportKind` (``PROGRESS``: the latest value;
-``PROPS``: merged ``set_props`` updates; ``BAD_PROGRESS``: a value that could not
-be pickled, the payload says why), the job id and the payload.
+``PROPS``: merged ``set_props`` updates; ``OUTPUT``: the lines the job wrote
+since the last flush, an ``output.OutputChunk`` cut by ``capture``;
+``BAD_PROGRESS``: a value that could not be pickled, the payload says why),
+the job id and the payload. Output rides the same flush as progress: a
+``print`` in the job only appends to a deque and wakes the flush thread.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, NamedTuple
 
+from .capture import OutputBuffer
 from .platform import listener_address
 
 LOGGER = logging.getLogger("nbbg")
@@ -40,6 +44,7 @@ FLUSH_INTERVAL = 0.002
 class ReportKind(enum.Enum):
     PROGRESS = "progress"
     PROPS = "props"
+    OUTPUT = "output"
     BAD_PROGRESS = "bad_progress"
 
 
@@ -137,6 +142,7 @@ class JobReporter:
         "_wake",
         "job_id",
         "messages_sent",
+        "output",
     )
 
     def __init__(self, job_id: str, wake: threading.Event) -> None:
@@ -147,6 +153,7 @@ class JobReporter:
         self._props: dict[str, dict[str, Any]] = {}
         self._props_lock = threading.Lock()
         self.messages_sent = 0
+        self.output = OutputBuffer(wake)
 
     def set_progress(self, value: Any) -> None:
         self._latest = (value,)
@@ -159,8 +166,11 @@ class JobReporter:
             self._props[component_id] = {**merged, **props} if merged else dict(props)
         self._wake.set()
 
-    def _take(self) -> list[Report]:
+    def _take(self, final: bool = False) -> list[Report]:
         reports: list[Report] = []
+        output = self.output.take(final)
+        if output is not None:  # before progress: a job's last words precede its last value
+            reports.append(Report(ReportKind.OUTPUT, self.job_id, output))
         latest = self._latest
         if latest is not None and latest is not self._sent:
             self._sent = latest
@@ -190,12 +200,12 @@ class ProgressSender:
     def end(self, reporter: JobReporter) -> int:
         """Stop flushing ``reporter`` after one last flush; return messages sent."""
         self._active = None
-        self.flush(reporter)
+        self.flush(reporter, final=True)
         return reporter.messages_sent
 
-    def flush(self, reporter: JobReporter) -> None:
+    def flush(self, reporter: JobReporter, final: bool = False) -> None:
         with self._send_lock:
-            for report in reporter._take():
+            for report in reporter._take(final):
                 self._send(reporter, report)
 
     def _send(self, reporter: JobReporter, report: Report) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .._errors import BadProgressError, WorkerDiedError
@@ -23,6 +23,7 @@ from .jobs import Job, JobEvent, JobFailure, JobState
 from .packing import RESENDS, forget_missing, pack
 from .slots import Slot, SlotPool
 from .table import JobTable, QueuedJob
+from .tracebacks import localize
 
 MESSAGE_WAIT = 0.05
 """Seconds a finished job's worker callback waits for its last reports."""
@@ -176,7 +177,10 @@ class Dispatcher:
         if outcome.kind == "ok":
             self.end(job, JobState.DONE, None, fx)
         else:
-            self.end(job, JobState.ERROR, outcome.failure or UNDELIVERABLE, fx)
+            failure = outcome.failure or UNDELIVERABLE
+            if outcome.failure is not None:  # name the notebook's cells, as IPython would
+                failure = replace(failure, traceback=localize(failure.traceback, job.code()))
+            self.end(job, JobState.ERROR, failure, fx)
 
     def end(self, job: Job, state: JobState, failure: JobFailure | None, fx: Effects) -> None:
         """Move an active job to a final state, freeing or replacing its slot."""
@@ -218,7 +222,10 @@ class Dispatcher:
             return None
         job.messages_received += 1
         if job.state.active:
-            if report.kind is ReportKind.BAD_PROGRESS:
+            if report.kind is ReportKind.OUTPUT:
+                job.output.add(report.payload)
+                fx.events.append(JobEvent("output", self.table.snapshot(job)))
+            elif report.kind is ReportKind.BAD_PROGRESS:
                 failure = JobFailure(str(BadProgressError(job.name, report.payload)))
                 self.end(job, JobState.ERROR, failure, fx)
                 self.dispatch(fx)
@@ -226,7 +233,7 @@ class Dispatcher:
                 if self._on_report is not None:
                     self._on_report(report)
                 if report.kind is ReportKind.PROGRESS:
-                    job.progress = report.payload
+                    job.progress, job.progress_at = report.payload, time.time()
                     fx.events.append(JobEvent("progress", self.table.snapshot(job)))
         self.maybe_finish(job, fx)
         return job

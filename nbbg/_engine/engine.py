@@ -177,6 +177,7 @@ class Engine:
             expire,
         )
         self._copy_values_at_submit(cargo)
+        item.job.remember_code(fn)
         with self._step() as fx:
             self._ensure_open()
             fx.spawn += self._pool.grow()  # the first job of a manager that did not prewarm
@@ -256,6 +257,13 @@ class Engine:
             self._changed.notify_all()
         return True
 
+    def record_usage(self, job_id: str, peak_memory: int, cpu_time: float) -> None:
+        """Note what a sample of the job's worker found (the memory guard's sampler)."""
+        with self._lock:
+            job = self._table.get(job_id)
+            if job is not None:
+                job.peak_memory, job.cpu_time = peak_memory, cpu_time
+
     def get(self, job_id: str) -> JobSnapshot | None:
         with self._lock:
             job = self._table.get(job_id)
@@ -286,7 +294,7 @@ class Engine:
         self._collector.mark(job_id)
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Call ``subscriber(event)`` on every state change and progress report.
+        """Call ``subscriber(event)`` on every state change, progress report and output chunk.
 
         It runs on an engine thread: keep it short and never print from it.
         Returns a function that unsubscribes.

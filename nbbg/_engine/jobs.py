@@ -8,11 +8,16 @@ callers and subscribers, so nothing outside the engine holds its lock.
 from __future__ import annotations
 
 import enum
+import inspect
 import re
 import time
 import uuid
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .output import OutputLine, OutputTail
 
 ENGINE_TAG = uuid.uuid4().hex[:6]
 """Ends every job id made in this process: a poll can tell a job of another process."""
@@ -70,6 +75,18 @@ class JobSnapshot:
     cache_hit: bool = False
     origin: Any = None
     """Who submitted the job, as the submitter described it (the Dash adapter: which app)."""
+    output: tuple[OutputLine, ...] = ()
+    """The newest lines the job wrote (stdout, stderr, log records, warnings), oldest first."""
+    output_dropped: int = 0
+    """Lines of output not kept (beyond ``output.MAX_LINES`` / ``MAX_BYTES``)."""
+    peak_memory: int | None = None
+    """The most resident memory (bytes) its worker was seen using while it ran (sampled)."""
+    cpu_time: float | None = None
+    """CPU seconds its worker spent on it (sampled while it ran)."""
+    progress_at: float | None = None
+    """When the latest progress value arrived (``time.time()``): rates are measured up to it."""
+    result_key: str = ""
+    """Where its result is (or will be) in the store ("" for a job that never ran)."""
 
     @property
     def elapsed(self) -> float:
@@ -80,12 +97,12 @@ class JobSnapshot:
         return max(0.0, end - self.started_at)
 
 
-EventKind = Literal["state", "progress"]
+EventKind = Literal["state", "progress", "output"]
 
 
 @dataclass(frozen=True)
 class JobEvent:
-    """Sent to subscribers when a job changes state or reports progress."""
+    """Sent to subscribers when a job changes state, reports progress or writes output."""
 
     kind: EventKind
     job: JobSnapshot
@@ -109,6 +126,7 @@ class Job:
     finished_at: float | None = None
     failure: JobFailure | None = None
     progress: Any = None
+    progress_at: float | None = None
     collected: bool = False
     """Whether the job's outcome (result or error) has been handed to a reader."""
     worker_pid: int | None = None
@@ -117,6 +135,11 @@ class Job:
     messages_expected: int | None = None
     worker_outcome: Any = None
     cargo: Any = None  # what it ships (nbbg._shipping.Cargo), let go when the job ends
+    output: OutputTail = field(default_factory=OutputTail)
+    code: Callable[[], Any] = field(default=lambda: None)
+    """The job's callable (a weak reference when it allows one): names its traceback's frames."""
+    peak_memory: int | None = None
+    cpu_time: float | None = None
 
     @classmethod
     def ended(
@@ -143,6 +166,14 @@ class Job:
             cache_hit=state is JobState.DONE,
         )
 
+    def remember_code(self, fn: Any) -> None:
+        """Keep a reference to the job's callable without keeping it alive when possible."""
+        try:
+            # A bound method is made anew at each access: hold it as WeakMethod does.
+            self.code = weakref.WeakMethod(fn) if inspect.ismethod(fn) else weakref.ref(fn)
+        except TypeError:
+            self.code = lambda: fn
+
     @property
     def awaits_collection(self) -> bool:
         """Active, or ended with an outcome (done, error) nobody has collected yet."""
@@ -165,4 +196,10 @@ class Job:
             worker_pid=self.worker_pid,
             cache_hit=self.cache_hit,
             origin=self.origin,
+            output=tuple(self.output.lines),
+            output_dropped=self.output.dropped,
+            peak_memory=self.peak_memory,
+            cpu_time=self.cpu_time,
+            progress_at=self.progress_at,
+            result_key=self.result_key,
         )

@@ -35,6 +35,7 @@ from cachetools import LRUCache
 
 from .._errors import ModuleImportError, StoreError, UnpicklableResultError
 from . import parcels as _parcels
+from .capture import capturing, install_capture
 from .channel import JobReporter, ProgressSender
 from .jobs import JobFailure
 from .kernel_state import ImportedFiles, KernelState
@@ -112,6 +113,7 @@ def initialize(owner_pid: int, channel_address: Any, authkey: bytes) -> None:
         target=_watch_owner, args=(owner_pid,), name="nbbg-watchdog", daemon=True
     ).start()
     _state = _WorkerState(ProgressSender(channel_address, authkey))
+    install_capture()  # the job's print/logging/warnings go to the job (capture.py)
 
 
 def in_worker() -> bool:
@@ -303,7 +305,8 @@ def run_job(spec: JobSpec) -> WorkerOutcome:
     failure: JobFailure | None = None
     value: Any = None
     try:
-        value = spec.runner(fn, reporter, call)
+        with capturing(reporter.output):
+            value = spec.runner(fn, reporter, call)
     except BaseException as exc:  # noqa: BLE001 - the job's own errors, SystemExit included
         failure = JobFailure(describe_exception(exc), _format_traceback(exc))
     finally:

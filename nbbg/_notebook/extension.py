@@ -9,7 +9,9 @@ Loading the extension:
   unloaded. An app that names its own manager keeps it (a Dash manager is
   watched, so its jobs show in the panel);
 - wraps Dash's notebook runner (see ``inline``): inline by default, free
-  ports, JupyterHub, and the app's jobs panel shown under it;
+  ports, JupyterHub, the app's iframe sized to its content (see ``fit``, with a
+  ``dash.hooks.index`` hook registered like the other) and the app's jobs panel
+  shown right under it;
 - makes ``from jupyter_dash import JupyterDash`` work (see ``legacy``) and
   adds the ``%nbbg`` magic.
 
@@ -19,14 +21,23 @@ Loading the extension:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import dash
 
 from .._dash.manager import LokyManager
-from .._dash.private import background_manager, jupyter_runner, set_background_manager
+from .._dash.private import (
+    background_manager,
+    inline_display_slot,
+    jupyter_runner,
+    set_background_manager,
+)
+from .._engine.records import JobHistory
+from .._errors import ExtensionNotLoadedError
 from . import legacy, magics
+from .fit import add_frame_script, fitted_display
 from .inline import wrap_run_app
 from .panel import JobsPanel, close_all_panels, panel
 from .patching import patch_attribute
@@ -59,6 +70,17 @@ def kernel_manager() -> LokyManager | None:
     return None if _loaded is None else _loaded.manager
 
 
+def history(
+    limit: int | None = None, name: str | None = None, state: str | None = None
+) -> JobHistory:
+    """``nbbg.history()``: the kernel manager's job records, newest first (see
+    ``LokyManager.history``)."""
+    manager = kernel_manager()
+    if manager is None:
+        raise ExtensionNotLoadedError("nbbg.history()")
+    return manager.history(limit, name, state)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbbg``."""
     global _loaded
@@ -70,6 +92,7 @@ def load_ipython_extension(ipython: Any) -> None:
     run_app = wrap_run_app(runner.run_app, state.show_panel)
     for undo in (
         patch_attribute(runner, "run_app", run_app),
+        _fit_inline_display(runner),
         patch_attribute(runner, "default_mode", "inline"),
         legacy.install(),
         magics.register(ipython, state.manager),
@@ -94,7 +117,18 @@ def _register_hook_once() -> None:
     global _hook_registered
     if not _hook_registered:
         dash.hooks.setup()(_adopt_app)
+        dash.hooks.index()(_fit_page)
         _hook_registered = True
+
+
+def _fit_inline_display(runner: Any) -> Callable[[], None]:
+    owner, name = inline_display_slot(runner)
+    return patch_attribute(owner, name, staticmethod(fitted_display(getattr(owner, name))))
+
+
+def _fit_page(index: str) -> str:
+    """Every app page, while the extension is loaded, tells its iframe its height."""
+    return add_frame_script(index) if _loaded is not None else index
 
 
 def _adopt_app(app: dash.Dash) -> None:

@@ -1,4 +1,4 @@
-"""The ``%nbbg`` line magic: status, cancel, worker count, memory limit, restart, panel.
+"""The ``%nbbg`` line magic: status, cancel, worker count, memory limit, restart, panel, history.
 
 It acts on the kernel's manager (the one ``%load_ext nbbg`` created) and,
 for ``cancel``, on every job the kernel's managers know. The line is parsed
@@ -17,6 +17,7 @@ from IPython.core.error import UsageError as IPythonUsageError
 from .._dash.manager import LokyManager
 from .._engine.jobs import JobSnapshot
 from .._errors import NbbgError
+from .history_view import history_table
 from .rows import text_table
 from .sources import JobSource, kernel_managers, source_for
 
@@ -27,9 +28,12 @@ usage:
   %nbbg workers <n>        run n jobs at once (resize the worker pool)
   %nbbg memory <size|none> stop a job whose worker uses more (e.g. 4GiB, 500MB, auto, none)
   %nbbg restart            fresh workers, e.g. after editing an imported module
-  %nbbg panel              show the jobs panel of every job in this kernel"""
+  %nbbg panel              show the jobs panel of every job in this kernel
+  %nbbg history [n]        the last n finished jobs of this store (default 20), also of
+                           earlier kernels: see nbbg.history() for records to work with"""
 
 STATUS_ROWS = 20
+HISTORY_ROWS = 20
 
 
 class UsageError(Exception):
@@ -67,13 +71,13 @@ def cancel(target: str) -> str:
     return f"cancelled {job.id[:8]} ({job.name})"
 
 
-def _worker_count(text: str | None) -> int:
+def _positive_number(text: str | None, command: str = "workers") -> int:
     try:
         count = int(text or "")
     except ValueError:
-        raise UsageError(f"`%nbbg workers` takes a whole number, not {text!r}") from None
+        raise UsageError(f"`%nbbg {command}` takes a whole number, not {text!r}") from None
     if count < 1:
-        raise UsageError("`%nbbg workers` takes a number of at least 1")
+        raise UsageError(f"`%nbbg {command}` takes a number of at least 1")
     return count
 
 
@@ -98,19 +102,22 @@ def _set_memory_limit(manager: LokyManager, text: str) -> str:
     "command",
     nargs="?",
     default="status",
-    choices=["status", "cancel", "workers", "memory", "restart", "panel"],
+    choices=["status", "cancel", "workers", "memory", "restart", "panel", "history"],
     help="what to do (default: status)",
 )
 @magic_arguments.argument(  # type: ignore[untyped-decorator]
     "argument",
     nargs="*",
-    help="cancel: a job id, its first characters, or all; workers: n; memory: a size, auto or none",
+    help=(
+        "cancel: a job id, its first characters, or all; workers: n; "
+        "memory: a size, auto or none; history: how many jobs"
+    ),
 )
 def _arguments(line: str) -> None:
     """Background jobs of this kernel (nbbg)."""
 
 
-ARGUMENT_WORDS = {"cancel": (1, 1), "workers": (1, 1), "memory": (1, 2)}
+ARGUMENT_WORDS = {"cancel": (1, 1), "workers": (1, 1), "memory": (1, 2), "history": (0, 1)}
 """How many words each command takes ("1.5 GB" is two); the others take none."""
 
 
@@ -133,7 +140,7 @@ def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | N
     if command == "cancel":
         return cancel(str(argument))
     if command == "workers":
-        count = _worker_count(argument)
+        count = _positive_number(argument)
         manager.resize(count)
         return f"nbbg: {count} worker{'s' if count != 1 else ''}"
     if command == "memory":
@@ -141,6 +148,9 @@ def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | N
     if command == "restart":
         manager.restart()
         return "nbbg: fresh workers (running jobs finish on their old worker first)"
+    if command == "history":
+        count = HISTORY_ROWS if argument is None else _positive_number(argument, "history")
+        return history_table(manager.history(limit=count))
     if command == "panel":
         from .panel import panel
 

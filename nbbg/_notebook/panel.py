@@ -6,6 +6,10 @@
         (any thread, any rate)                    at most one render per REFRESH_INTERVAL,
                                                   each widget's changes in one hold_sync
     Cancel / Cancel all (kernel main thread) ──► source.cancel(job_id)
+    ▸ (kernel main thread) ──► expand the row: its output tail and traceback (details.py),
+                               re-rendered with the row, so live while the job runs
+    History (kernel main thread) ──► the last HISTORY_ROWS records of the panel's managers'
+                               store (this app's callbacks), read at most once a second
 
 A job reporting progress 200 times a second costs one bar update per
 render, never one comm message per ``set_progress``. Rendering happens on a
@@ -24,18 +28,26 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from .._dash.manager import LokyManager
 from .._engine.jobs import JobSnapshot
+from .._engine.records import JobRecord
+from .details import details_html
+from .history_view import history_html
 from .rows import RowView, choose_rows, footer_text, row_view, summary, text_table
-from .sources import JobSource, app_managers, kernel_managers, source_for
+from .sources import JobSource, app_callback_names, app_managers, kernel_managers, source_for
 
 REFRESH_INTERVAL = 0.1
 """Seconds between two renders of a panel: at most ~10 widget updates a second."""
 
 MAX_ROWS = 10
+HISTORY_ROWS = 10
+HISTORY_REFRESH = 1.0
+"""Seconds between two reads of the history while its view is open."""
 
 STATE_COLOURS = {"success": "green", "danger": "red", "warning": "darkorange", "": None}
 
 Managers = Callable[[], list[Any]]
+CallbackNames = Callable[[], set[str]]
 
 
 def _update(widget: widgets.Widget, **traits: Any) -> None:
@@ -61,21 +73,27 @@ class _Columns:
     """Layouts shared by every row (one model each, not one per row)."""
 
     row: widgets.Layout
+    toggle: widgets.Layout
     title: widgets.Layout
     state: widgets.Layout
     progress: widgets.Layout
     elapsed: widgets.Layout
+    usage: widgets.Layout
     button: widgets.Layout
+    details: widgets.Layout
 
     @classmethod
     def create(cls) -> _Columns:
         return cls(
             row=widgets.Layout(width="100%", align_items="center"),
-            title=widgets.Layout(width="34%"),
-            state=widgets.Layout(width="11%"),
-            progress=widgets.Layout(width="32%"),
-            elapsed=widgets.Layout(width="7%"),
+            toggle=widgets.Layout(width="2.4em", padding="0"),
+            title=widgets.Layout(width="26%"),
+            state=widgets.Layout(width="9%"),
+            progress=widgets.Layout(width="30%"),
+            elapsed=widgets.Layout(width="5%"),
+            usage=widgets.Layout(width="14%"),
             button=widgets.Layout(width="auto"),
+            details=widgets.Layout(width="100%"),
         )
 
     def close(self) -> None:
@@ -84,25 +102,49 @@ class _Columns:
 
 
 class JobRow:
-    """The widgets of one job's row; its Cancel button is bound to that job for good."""
+    """The widgets of one job's row; its buttons are bound to that job for good.
 
-    def __init__(self, job_id: str, on_cancel: Callable[[str], None], columns: _Columns) -> None:
+    The ▸ button expands the row: an ``HTML`` widget under it, made on first use,
+    shows the job's output tail and traceback.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        on_cancel: Callable[[str], None],
+        on_toggle: Callable[[str], None],
+        on_rerun: Callable[[str], None],
+        columns: _Columns,
+    ) -> None:
         self.job_id = job_id
         self._columns = columns
+        self.toggle = widgets.Button(
+            description="▸", tooltip="Show output and traceback", layout=columns.toggle
+        )
+        self.toggle.on_click(lambda _button: on_toggle(job_id))
+        self.details: widgets.HTML | None = None
         self.title = widgets.Label(layout=columns.title)
         self.state = widgets.Label(layout=columns.state)
         self.text = widgets.Label(layout=columns.progress)
         self.bar: widgets.IntProgress | None = None
         self.elapsed = widgets.Label(layout=columns.elapsed)
+        self.usage = widgets.Label(layout=columns.usage)
         self.cancel = widgets.Button(
             description="Cancel", tooltip="Stop this job", layout=columns.button
         )
         self.cancel.on_click(lambda _button: on_cancel(job_id))
+        self.rerun = widgets.Button(
+            description="Re-run", tooltip="Submit the same call again", layout=columns.button
+        )
+        self.rerun.on_click(lambda _button: on_rerun(job_id))
         self.box = widgets.HBox(layout=columns.row)
         self.box.add_class("nbbg-job")
         self.box.add_class(f"nbbg-job-{job_id}")
 
-    def show(self, view: RowView) -> None:
+    def show(self, view: RowView, job: JobSnapshot, expanded: bool, rerunnable: bool) -> None:
+        _update(self.toggle, description="▾" if expanded else "▸")
+        if expanded:
+            _update(self._details(), value=details_html(job))
         _update(self.title, value=view.title, tooltip=view.tooltip)
         _update(self.state, value=view.state_text)
         _update(self.state.style, text_color=STATE_COLOURS[view.tone])
@@ -118,10 +160,20 @@ class JobRow:
             progress = self.text
             _update(self.text, value=view.progress_text)
         _update(self.elapsed, value=view.elapsed_text)
-        children = [self.title, self.state, progress, self.elapsed]
+        _update(self.usage, value=view.usage_text, tooltip="peak memory · CPU time")
+        children = [self.toggle, self.title, self.state, progress, self.elapsed, self.usage]
         if view.cancellable:
             children.append(self.cancel)
+        elif rerunnable:
+            children.append(self.rerun)
         _update(self.box, children=tuple(children))
+
+    def _details(self) -> widgets.HTML:
+        if self.details is None:
+            self.details = widgets.HTML(layout=self._columns.details)
+            self.details.add_class("nbbg-job-details")
+            self.details.add_class(f"nbbg-job-details-{self.job_id}")
+        return self.details
 
     def _bar(self) -> widgets.IntProgress:
         if self.bar is None:
@@ -132,9 +184,11 @@ class JobRow:
 
     def close(self) -> None:
         parts: list[widgets.Widget] = [self.box, self.title, self.state, self.text, self.elapsed]
-        parts.append(self.cancel)
+        parts += [self.usage, self.toggle, self.cancel, self.rerun]
         if self.bar is not None:
             parts.append(self.bar)
+        if self.details is not None:
+            parts.append(self.details)
         for part in parts:
             _close(part, own_layout=False)
 
@@ -146,9 +200,17 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     """
 
     def __init__(
-        self, managers: Managers, owner: int | None, title: str, max_rows: int = MAX_ROWS
+        self,
+        managers: Managers,
+        owner: int | None,
+        title: str,
+        max_rows: int = MAX_ROWS,
+        callback_names: CallbackNames | None = None,
     ) -> None:
         super().__init__()
+        self._callback_names = callback_names
+        self._show_history = False
+        self._history_read_at = 0.0
         self.title = title
         self.max_rows = max_rows
         self._managers = managers
@@ -161,11 +223,18 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._sources: dict[int, tuple[JobSource, Callable[[], None]]] = {}
         self._source_of: dict[str, JobSource] = {}
         self._rows: dict[str, JobRow] = {}
+        self._expanded: set[str] = set()
         self._columns = _Columns.create()
         self._heading = widgets.Label()
         self._cancel_all = widgets.Button(description="Cancel all", tooltip="Stop every job listed")
         self._cancel_all.on_click(lambda _button: self._cancel_every_job())
-        self._header = widgets.HBox([self._heading, self._cancel_all])
+        self._history_button = widgets.Button(
+            description="History", tooltip="Past jobs, also from earlier kernels"
+        )
+        self._history_button.on_click(lambda _button: self._toggle_history())
+        self._history = widgets.HTML()
+        self._history.add_class("nbbg-history")
+        self._header = widgets.HBox([self._heading, self._cancel_all, self._history_button])
         self._footer = widgets.Label()
         self.add_class("nbbg-panel")
         self.render()
@@ -199,21 +268,34 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         jobs = self._collect()
         choice = choose_rows(jobs, self.max_rows)
         rows: dict[str, JobRow] = {}
+        boxes: list[widgets.Widget] = []
         for job in choice.shown:
-            row = self._rows.pop(job.id, None) or JobRow(job.id, self._cancel, self._columns)
-            row.show(row_view(job))
+            row = self._rows.pop(job.id, None) or JobRow(
+                job.id, self._cancel, self._toggle, self._rerun, self._columns
+            )
+            expanded = job.id in self._expanded
+            source = self._source_of.get(job.id)
+            rerunnable = source is not None and source.can_rerun(job)
+            row.show(row_view(job), job, expanded, rerunnable)
             rows[job.id] = row
+            boxes.append(row.box)
+            if expanded and row.details is not None:
+                boxes.append(row.details)
         for gone in self._rows.values():
             gone.close()
         self._rows = rows
+        self._expanded &= set(rows)
         self._active = any(job.state.active for job in jobs)
         _update(self._heading, value=f"{self.title}: {summary(jobs)}")
         _update(self._cancel_all, disabled=not self._active)
         footer = " · ".join(part for part in (footer_text(choice), self._problem) if part)
         _update(self._footer, value=footer)
-        children = [self._header, *(row.box for row in rows.values())]
+        children = [self._header, *boxes]
         if footer:
             children.append(self._footer)
+        if self._show_history:
+            self._render_history()
+            children.append(self._history)
         _update(self, children=tuple(children))
 
     def _collect(self) -> list[JobSnapshot]:
@@ -238,7 +320,49 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 source = source_for(manager, self._owner)
                 self._sources[key] = (source, source.subscribe(self.mark_dirty))
 
-    # ------------------------------------------------------------ cancel
+    def _render_history(self) -> None:
+        if time.monotonic() - self._history_read_at < HISTORY_REFRESH:
+            self._dirty = True  # read it at a later render: a job may just have ended
+            return
+        self._history_read_at = time.monotonic()
+        names = self._callback_names() if self._callback_names is not None else None
+        records: list[JobRecord] = []
+        for manager in self._managers():
+            if isinstance(manager, LokyManager):
+                records += manager.history(limit=None if names else HISTORY_ROWS)
+        if names is not None:
+            records = [record for record in records if record.name in names]
+        unique = {record.id: record for record in records}.values()
+        newest = sorted(unique, key=lambda record: record.submitted_at, reverse=True)
+        _update(self._history, value=history_html(newest[:HISTORY_ROWS], "Past jobs"))
+
+    # ------------------------------------------------------------ buttons
+    def _toggle_history(self) -> None:
+        """The History button (kernel main thread): show or hide past jobs."""
+        with self._lock:
+            self._show_history = not self._show_history
+            self._history_read_at = 0.0
+        _update(self._history_button, button_style="info" if self._show_history else "")
+        self.mark_dirty()
+
+    def _toggle(self, job_id: str) -> None:
+        """A row's ▸ button (kernel main thread): show or hide its output."""
+        with self._lock:
+            self._expanded ^= {job_id}
+        self.mark_dirty()
+
+    def _rerun(self, job_id: str) -> None:
+        """A finished jobs-API row's Re-run button (kernel main thread)."""
+        source = self._source_of.get(job_id)
+        if source is None:
+            return
+        try:
+            source.rerun(job_id)
+            self._problem = ""
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, not as a traceback
+            self._problem = f"re-run failed: {type(exc).__name__}: {exc}"
+        self.mark_dirty()
+
     def _cancel(self, job_id: str) -> None:
         """A row's Cancel button (runs on the kernel's main thread: keep it short)."""
         source = self._source_of.get(job_id)
@@ -288,7 +412,8 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             for row in self._rows.values():
                 row.close()
             self._rows.clear()
-            for part in (self._heading, self._footer, self._cancel_all, self._header):
+            parts = (self._heading, self._footer, self._cancel_all, self._history_button)
+            for part in (*parts, self._history, self._header):
                 _close(part)
             self._columns.close()
             self.layout.close()
@@ -356,7 +481,11 @@ def panel(app: Any = None, *, max_rows: int = MAX_ROWS) -> JobsPanel:
     if app is None:
         return JobsPanel(kernel_managers, None, "Background jobs in this kernel", max_rows)
     return JobsPanel(
-        lambda: app_managers(app), id(app.server), "Background jobs of this app", max_rows
+        lambda: app_managers(app),
+        id(app.server),
+        "Background jobs of this app",
+        max_rows,
+        callback_names=lambda: app_callback_names(app),
     )
 
 

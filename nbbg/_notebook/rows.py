@@ -10,6 +10,7 @@ the older finished jobs fold into a count.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class RowView:
     bar_text: str
     progress_text: str
     elapsed_text: str
+    usage_text: str
     cancellable: bool
 
 
@@ -71,18 +73,26 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def progress_numbers(progress: Any) -> tuple[float, float] | None:
+    """``(value, max)`` as reported, when the job reported two numbers with ``max > 0``."""
+    if not isinstance(progress, (list, tuple)) or len(progress) != 2:
+        return None
+    value, maximum = _number(progress[0]), _number(progress[1])
+    if value is None or maximum is None or maximum <= 0:
+        return None
+    return min(max(value, 0.0), maximum), maximum
+
+
 def progress_bar(progress: Any) -> tuple[int, int] | None:
     """``(value, max)`` for a bar when the job reported two numbers, else None.
 
     Dash apps commonly report ``set_progress((i, n))`` for a ``value``/``max``
     pair of outputs, often as strings; both forms give a bar.
     """
-    if not isinstance(progress, (list, tuple)) or len(progress) != 2:
+    numbers = progress_numbers(progress)
+    if numbers is None:
         return None
-    value, maximum = _number(progress[0]), _number(progress[1])
-    if value is None or maximum is None or maximum <= 0:
-        return None
-    value = min(max(value, 0.0), maximum)
+    value, maximum = numbers
     if value.is_integer() and maximum.is_integer():
         return int(value), int(maximum)
     return round(value / maximum * BAR_RESOLUTION), BAR_RESOLUTION
@@ -97,6 +107,64 @@ def progress_text(progress: Any) -> str:
     else:
         text = str(progress)
     return _shorten(text, PROGRESS_TEXT_WIDTH)
+
+
+def format_interval(seconds: float) -> str:
+    """``mm:ss`` or ``h:mm:ss``, as tqdm writes elapsed and remaining time."""
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def format_rate(per_second: float) -> str:
+    """``2.5 it/s``, or ``4.0 s/it`` when slower than one a second (as tqdm does)."""
+    if per_second <= 0:
+        return "? it/s"
+    return f"{per_second:.1f} it/s" if per_second >= 1 else f"{1 / per_second:.1f} s/it"
+
+
+def eta_text(job: JobSnapshot) -> str:
+    """``00:03<00:07, 1.0 it/s`` for ``(value, max)`` progress: elapsed, time left, rate.
+
+    The rate is the average from the job's start to its latest progress value
+    (tqdm's ``smoothing=0``); the time left is what that rate gives at that
+    moment, minus the time since, so it counts down between two values. A
+    finished job shows its elapsed time and average rate only.
+    """
+    numbers = progress_numbers(job.progress)
+    if numbers is None or job.started_at is None:
+        return ""
+    value, maximum = numbers
+    elapsed = job.elapsed
+    measured_at = job.progress_at if job.progress_at is not None else time.time()
+    measured = max(0.0, measured_at - job.started_at)
+    rate = value / measured if measured > 0 else 0.0
+    if not job.state.active:
+        return f"{format_interval(elapsed)}, {format_rate(value / elapsed if elapsed else 0.0)}"
+    if rate <= 0:
+        return f"{format_interval(elapsed)}<?, {format_rate(rate)}"
+    left = max(0.0, (maximum - value) / rate - (elapsed - measured))
+    return f"{format_interval(elapsed)}<{format_interval(left)}, {format_rate(rate)}"
+
+
+def format_bytes(amount: int) -> str:
+    """``257 MiB``, ``1.2 GiB``."""
+    value, unit = float(amount), "B"
+    for name in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, name
+    return f"{value:.0f} {unit}" if unit in ("B", "KiB", "MiB") else f"{value:.1f} {unit}"
+
+
+def usage_text(job: JobSnapshot) -> str:
+    """``257 MiB · 1.1 s CPU``: the peak memory and CPU time sampled from its worker."""
+    parts = []
+    if job.peak_memory:
+        parts.append(format_bytes(job.peak_memory))
+    if job.cpu_time is not None:
+        parts.append(f"{job.cpu_time:.1f} s CPU")
+    return " · ".join(parts)
 
 
 def format_elapsed(seconds: float) -> str:
@@ -124,8 +192,12 @@ def row_view(job: JobSnapshot) -> RowView:
     full_title = f"{job.name} · {job.label}" if job.label else job.name
     bar = progress_bar(job.progress)
     tooltip = full_title
+    text = "" if bar else progress_text(job.progress)
     if job.failure is not None:
         tooltip = f"{full_title}\n{job.failure.message}"
+        bar, text = None, _shorten(job.failure.message, PROGRESS_TEXT_WIDTH)  # why, in the row
+    bar_text = f"{bar[0]}/{bar[1]}" if bar else ""
+    eta = eta_text(job) if bar else ""
     return RowView(
         job_id=job.id,
         title=_shorten(full_title, TITLE_WIDTH),
@@ -133,9 +205,10 @@ def row_view(job: JobSnapshot) -> RowView:
         state_text=state_text(job),
         tone=TONES[job.state],
         bar=bar,
-        bar_text=f"{bar[0]}/{bar[1]}" if bar else "",
-        progress_text="" if bar else progress_text(job.progress),
+        bar_text=f"{bar_text} [{eta}]" if eta else bar_text,
+        progress_text=text,
         elapsed_text="" if job.started_at is None else format_elapsed(job.elapsed),
+        usage_text=usage_text(job),
         cancellable=job.state.active,
     )
 
@@ -188,7 +261,7 @@ def text_table(title: str, jobs: Sequence[JobSnapshot], max_rows: int) -> str:
         progress = row.bar_text or row.progress_text
         lines.append(
             f"  {job.id[:8]:<8}  {row.title:<40}  {row.state_text:<10}  "
-            f"{progress:<12}  {row.elapsed_text}".rstrip()
+            f"{progress:<12}  {row.elapsed_text:<7}  {row.usage_text}".rstrip()
         )
     footer = footer_text(choice)
     if footer:

@@ -35,6 +35,10 @@ class JobSource(Protocol):
 
     def cancel(self, job_id: str) -> bool: ...
 
+    def can_rerun(self, job: JobSnapshot) -> bool: ...
+
+    def rerun(self, job_id: str) -> str: ...
+
     def subscribe(self, on_change: Listener) -> Callable[[], None]: ...
 
 
@@ -58,6 +62,16 @@ class ManagerSource:
 
     def cancel(self, job_id: str) -> bool:
         return self._jobs_of.cancel(job_id)
+
+    def can_rerun(self, job: JobSnapshot) -> bool:
+        """A finished job of nbbg's jobs API (``submit``): its record keeps its call."""
+        nbbg_job = isinstance(self._jobs_of, LokyManager) and job.origin is None
+        return nbbg_job and not job.state.active
+
+    def rerun(self, job_id: str) -> str:
+        if not isinstance(self._jobs_of, LokyManager):
+            raise TypeError("only nbbg's LokyManager keeps what it needs to re-run a job")
+        return self._jobs_of.rerun(job_id)
 
     def subscribe(self, on_change: Listener) -> Callable[[], None]:
         if isinstance(self._jobs_of, LokyManager):
@@ -110,6 +124,16 @@ def app_managers(app: Any) -> list[BaseBackgroundCallbackManager]:
         if candidate is not None and usable(candidate):
             found.setdefault(id(candidate), candidate)
     return list(found.values())
+
+
+def app_callback_names(app: Any) -> set[str]:
+    """The names of an app's background callbacks (its jobs' names, also in the history)."""
+    names = set()
+    for entry in _callback_entries(app):
+        callback = entry.get("callback")
+        if entry.get("background") and callback is not None:
+            names.add(str(getattr(callback, "__name__", "")))
+    return names
 
 
 def _callback_entries(app: Any) -> list[dict[str, Any]]:

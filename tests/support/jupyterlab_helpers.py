@@ -325,12 +325,14 @@ PANEL_READ = """(panel) => [...panel.querySelectorAll('.nbbg-job')].map((row) =>
   const bar = row.querySelector('.widget-hprogress label');
   return {job_id: job, title: labels[0].textContent, state: labels[1].textContent,
           bar: bar ? bar.textContent : '',
-          cancel_button: !!row.querySelector('button')};
+          cancel_button: [...row.querySelectorAll('button')].some(
+            (b) => b.textContent.trim() === 'Cancel')};
 })"""
 
 
 def _bar(text: str) -> tuple[int, int] | None:
-    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    """``(3, 10)`` from the bar's label ``3/10 [00:03<00:07, 1.0 it/s]``."""
+    match = re.match(r"(\d+)/(\d+)", text.strip())
     return (int(match[1]), int(match[2])) if match else None
 
 

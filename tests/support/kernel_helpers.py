@@ -16,6 +16,7 @@ to synchronise. Only the kernel this module starts is ever stopped.
 
 from __future__ import annotations
 
+import html
 import os
 import queue
 import re
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,28 @@ class PanelRow:
     state_color: str | None
     bar: tuple[int, int] | None
     bar_style: str | None
+    bar_text: str
+    """The bar's label: ``3/10 [00:03<00:07, 1.0 it/s]``."""
     text: str
     elapsed: str
+    usage: str
+    toggle_id: str
     cancel_id: str | None
+    rerun_id: str | None
+    details_html: str | None
+    """The expanded row's HTML (output tail, traceback), None while collapsed."""
+
+    @property
+    def details(self) -> str | None:
+        """The expanded row as the reader sees it: tags dropped, entities decoded."""
+        if self.details_html is None:
+            return None
+        return html.unescape(re.sub(r"<[^>]+>", "", self.details_html))
+
+    def prominent(self) -> list[str]:
+        """The lines of the expanded row that stand out (stderr, warnings)."""
+        found = re.findall(r'class="nbbg-prominent"[^>]*>(.*?)</span>', self.details_html or "")
+        return [html.unescape(text) for text in found]
 
 
 class WidgetMirror:
@@ -135,25 +155,31 @@ class WidgetMirror:
         ]
 
     def rows(self, panel_id: str) -> list[PanelRow]:
-        """The job rows shown in a panel, top (newest) first."""
+        """The job rows shown in a panel, top (newest) first, with their details if expanded."""
         panel = self.models[panel_id]
         found = []
+        details: dict[str, str] = {}
         for box in self.children(panel):
             classes = box.state.get("_dom_classes", [])
+            if "nbbg-job-details" in classes:
+                prefix = "nbbg-job-details-"
+                owner = next(c for c in classes if c.startswith(prefix))[len(prefix) :]
+                details[owner] = str(box.state.get("value", ""))
             if "nbbg-job" not in classes:
                 continue
             job_id = next(c for c in classes if c.startswith("nbbg-job-"))[len("nbbg-job-") :]
             found.append(self._row(job_id, self.children(box)))
-        return found
+        return [replace(row, details_html=details.get(row.job_id)) for row in found]
 
     def _row(self, job_id: str, parts: list[Model]) -> PanelRow:
-        title, state, progress, elapsed, *rest = parts
+        toggle, title, state, progress, elapsed, usage, *rest = parts
         style = self.model(state.state["style"]).state
         bar = bar_style = None
-        text = ""
+        text = bar_text = ""
         if progress.name == "IntProgressModel":
             bar = (int(progress.state["value"]), int(progress.state["max"]))
             bar_style = progress.state.get("bar_style")
+            bar_text = str(progress.state.get("description", ""))
         else:
             text = progress.state.get("value", "")
         return PanelRow(
@@ -163,9 +189,14 @@ class WidgetMirror:
             state_color=style.get("text_color"),
             bar=bar,
             bar_style=bar_style,
+            bar_text=bar_text,
             text=text,
             elapsed=elapsed.state.get("value", ""),
-            cancel_id=rest[0].comm_id if rest else None,
+            usage=usage.state.get("value", ""),
+            toggle_id=toggle.comm_id,
+            cancel_id=_button(rest, "Cancel"),
+            rerun_id=_button(rest, "Re-run"),
+            details_html=None,
         )
 
     def heading(self, panel_id: str) -> str:
@@ -175,6 +206,10 @@ class WidgetMirror:
     def cancel_all_id(self, panel_id: str) -> str:
         header = self.children(self.models[panel_id])[0]
         return self.children(header)[1].comm_id
+
+
+def _button(parts: list[Model], description: str) -> str | None:
+    return next((p.comm_id for p in parts if p.state.get("description") == description), None)
 
 
 def _kernel_time(msg: dict[str, Any]) -> float:
