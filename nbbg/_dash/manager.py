@@ -27,7 +27,8 @@ from dash.background_callback.managers import BaseBackgroundCallbackManager
 
 from .._engine.engine import Engine
 from .._engine.events import Subscriber
-from .._engine.history import History, HistoryWriter
+from .._engine.history import History
+from .._engine.history_writer import HistoryWriter
 from .._engine.jobs import JobFailure, JobSnapshot, JobState, made_elsewhere
 from .._engine.memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, parse_memory_limit
 from .._engine.process_owner import current_pid

@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .._errors import NotRerunnableError
-from .jobs import JobEvent, JobSnapshot, JobState
+from .jobs import JobSnapshot, JobState
 from .output import OutputLine
 from .records import JobHistory, JobRecord, describe_call
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    pass
 
 LOGGER = logging.getLogger("nbbg")
 
@@ -392,53 +392,3 @@ def _pickled_call(call: _Call) -> bytes | None:
     except Exception:  # noqa: BLE001 - _TooLarge, or a call that no longer pickles
         return None
     return b"".join(buffer.parts)
-
-
-class HistoryWriter:
-    """Subscribes to an engine's events and queues a record for every job that ends."""
-
-    def __init__(self, engine: Engine, history: History) -> None:
-        self._engine = engine
-        self._history = history
-        self._recorded: dict[str, JobState] = {}
-        """The final state each remembered job was recorded in (so each is written once,
-        again only if it changes: a done job failed later)."""
-        self._lock = threading.Lock()
-        self._unsubscribe = engine.subscribe(self._on_event)
-
-    def _on_event(self, event: JobEvent) -> None:
-        if event.kind != "state" or event.job.state.active:
-            return
-        # Re-read: the memory guard's last sample (subscribed first) came after this event.
-        latest = self._engine.get(event.job.id) or event.job
-        with self._lock:
-            if self._recorded.get(latest.id) is latest.state:
-                return  # catch_up() was first
-            self._recorded[latest.id] = latest.state
-        self._history.add(latest)
-
-    def catch_up(self) -> None:
-        """Queue the ended jobs whose event is still on its way (before reading records).
-
-        ``wait()`` returns as soon as the engine's lock is released, while the
-        events of that step are still being handed out: without this, a
-        ``history()`` right after ``wait()`` could miss the job.
-        """
-        jobs = self._engine.jobs()
-        with self._lock:
-            remembered = {job.id for job in jobs}
-            for job_id in [job_id for job_id in self._recorded if job_id not in remembered]:
-                del self._recorded[job_id]  # forget what the engine forgot
-            missing = [
-                job
-                for job in jobs
-                if not job.state.active and self._recorded.get(job.id) is not job.state
-            ]
-            self._recorded.update((job.id, job.state) for job in missing)
-        for job in missing:
-            self._history.add(job)
-
-    def close(self) -> None:
-        self._unsubscribe()
-        self._history.flush()
-        self._history.close()

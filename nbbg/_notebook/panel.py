@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as widgets
@@ -31,9 +30,9 @@ import ipywidgets as widgets
 from .._dash.manager import LokyManager
 from .._engine.jobs import JobSnapshot
 from .._engine.records import JobRecord
-from .details import details_html
 from .history_view import history_html
-from .rows import RowView, choose_rows, footer_text, row_view, summary, text_table
+from .row_widgets import Columns, JobRow, close_widget, update_widget
+from .rows import choose_rows, footer_text, row_view, summary, text_table
 from .sources import JobSource, app_callback_names, app_managers, kernel_managers, source_for
 
 REFRESH_INTERVAL = 0.1
@@ -44,153 +43,8 @@ HISTORY_ROWS = 10
 HISTORY_REFRESH = 1.0
 """Seconds between two reads of the history while its view is open."""
 
-STATE_COLOURS = {"success": "green", "danger": "red", "warning": "darkorange", "": None}
-
 Managers = Callable[[], list[Any]]
 CallbackNames = Callable[[], set[str]]
-
-
-def _update(widget: widgets.Widget, **traits: Any) -> None:
-    """Set the traits that changed, sent to the front end as one message."""
-    with widget.hold_sync():
-        for name, value in traits.items():
-            if getattr(widget, name) != value:
-                setattr(widget, name, value)
-
-
-def _close(widget: widgets.Widget, *, own_layout: bool = True) -> None:
-    """Close a widget with its style and (unless shared) its layout models."""
-    style = getattr(widget, "style", None)
-    if isinstance(style, widgets.Widget):
-        style.close()
-    if own_layout:
-        widget.layout.close()
-    widget.close()
-
-
-@dataclass
-class _Columns:
-    """Layouts shared by every row (one model each, not one per row)."""
-
-    row: widgets.Layout
-    toggle: widgets.Layout
-    title: widgets.Layout
-    state: widgets.Layout
-    progress: widgets.Layout
-    elapsed: widgets.Layout
-    usage: widgets.Layout
-    button: widgets.Layout
-    details: widgets.Layout
-
-    @classmethod
-    def create(cls) -> _Columns:
-        return cls(
-            row=widgets.Layout(width="100%", align_items="center"),
-            toggle=widgets.Layout(width="2.4em", padding="0"),
-            title=widgets.Layout(width="26%"),
-            state=widgets.Layout(width="9%"),
-            progress=widgets.Layout(width="30%"),
-            elapsed=widgets.Layout(width="5%"),
-            usage=widgets.Layout(width="14%"),
-            button=widgets.Layout(width="auto"),
-            details=widgets.Layout(width="100%"),
-        )
-
-    def close(self) -> None:
-        for layout in vars(self).values():
-            layout.close()
-
-
-class JobRow:
-    """The widgets of one job's row; its buttons are bound to that job for good.
-
-    The ▸ button expands the row: an ``HTML`` widget under it, made on first use,
-    shows the job's output tail and traceback.
-    """
-
-    def __init__(
-        self,
-        job_id: str,
-        on_cancel: Callable[[str], None],
-        on_toggle: Callable[[str], None],
-        on_rerun: Callable[[str], None],
-        columns: _Columns,
-    ) -> None:
-        self.job_id = job_id
-        self._columns = columns
-        self.toggle = widgets.Button(
-            description="▸", tooltip="Show output and traceback", layout=columns.toggle
-        )
-        self.toggle.on_click(lambda _button: on_toggle(job_id))
-        self.details: widgets.HTML | None = None
-        self.title = widgets.Label(layout=columns.title)
-        self.state = widgets.Label(layout=columns.state)
-        self.text = widgets.Label(layout=columns.progress)
-        self.bar: widgets.IntProgress | None = None
-        self.elapsed = widgets.Label(layout=columns.elapsed)
-        self.usage = widgets.Label(layout=columns.usage)
-        self.cancel = widgets.Button(
-            description="Cancel", tooltip="Stop this job", layout=columns.button
-        )
-        self.cancel.on_click(lambda _button: on_cancel(job_id))
-        self.rerun = widgets.Button(
-            description="Re-run", tooltip="Submit the same call again", layout=columns.button
-        )
-        self.rerun.on_click(lambda _button: on_rerun(job_id))
-        self.box = widgets.HBox(layout=columns.row)
-        self.box.add_class("nbbg-job")
-        self.box.add_class(f"nbbg-job-{job_id}")
-
-    def show(self, view: RowView, job: JobSnapshot, expanded: bool, rerunnable: bool) -> None:
-        _update(self.toggle, description="▾" if expanded else "▸")
-        if expanded:
-            _update(self._details(), value=details_html(job))
-        _update(self.title, value=view.title, tooltip=view.tooltip)
-        _update(self.state, value=view.state_text)
-        _update(self.state.style, text_color=STATE_COLOURS[view.tone])
-        progress: widgets.Widget
-        if view.bar is not None:
-            progress = self._bar()
-            value, maximum = view.bar
-            # max before value: IntProgress clamps value to the current max.
-            _update(
-                progress, max=maximum, value=value, bar_style=view.tone, description=view.bar_text
-            )
-        else:
-            progress = self.text
-            _update(self.text, value=view.progress_text)
-        _update(self.elapsed, value=view.elapsed_text)
-        _update(self.usage, value=view.usage_text, tooltip="peak memory · CPU time")
-        children = [self.toggle, self.title, self.state, progress, self.elapsed, self.usage]
-        if view.cancellable:
-            children.append(self.cancel)
-        elif rerunnable:
-            children.append(self.rerun)
-        _update(self.box, children=tuple(children))
-
-    def _details(self) -> widgets.HTML:
-        if self.details is None:
-            self.details = widgets.HTML(layout=self._columns.details)
-            self.details.add_class("nbbg-job-details")
-            self.details.add_class(f"nbbg-job-details-{self.job_id}")
-        return self.details
-
-    def _bar(self) -> widgets.IntProgress:
-        if self.bar is None:
-            self.bar = widgets.IntProgress(
-                layout=self._columns.progress, style={"description_width": "initial"}
-            )
-        return self.bar
-
-    def close(self) -> None:
-        parts: list[widgets.Widget] = [self.box, self.title, self.state, self.text, self.elapsed]
-        parts += [self.usage, self.toggle, self.cancel, self.rerun]
-        if self.bar is not None:
-            parts.append(self.bar)
-        if self.details is not None:
-            parts.append(self.details)
-        for part in parts:
-            _close(part, own_layout=False)
 
 
 class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
@@ -224,7 +78,7 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._source_of: dict[str, JobSource] = {}
         self._rows: dict[str, JobRow] = {}
         self._expanded: set[str] = set()
-        self._columns = _Columns.create()
+        self._columns = Columns.create()
         self._heading = widgets.Label()
         self._cancel_all = widgets.Button(description="Cancel all", tooltip="Stop every job listed")
         self._cancel_all.on_click(lambda _button: self._cancel_every_job())
@@ -260,9 +114,11 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 self._render()
             except Exception as exc:  # noqa: BLE001 - shown in the panel, never printed
                 problem = f"panel update failed: {type(exc).__name__}: {exc}"
-                _update(self._footer, value=" · ".join(p for p in (problem, self._problem) if p))
+                update_widget(
+                    self._footer, value=" · ".join(p for p in (problem, self._problem) if p)
+                )
                 if self._footer not in self.children:
-                    _update(self, children=(*self.children, self._footer))
+                    update_widget(self, children=(*self.children, self._footer))
 
     def _render(self) -> None:
         jobs = self._collect()
@@ -286,17 +142,17 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._rows = rows
         self._expanded &= set(rows)
         self._active = any(job.state.active for job in jobs)
-        _update(self._heading, value=f"{self.title}: {summary(jobs)}")
-        _update(self._cancel_all, disabled=not self._active)
+        update_widget(self._heading, value=f"{self.title}: {summary(jobs)}")
+        update_widget(self._cancel_all, disabled=not self._active)
         footer = " · ".join(part for part in (footer_text(choice), self._problem) if part)
-        _update(self._footer, value=footer)
+        update_widget(self._footer, value=footer)
         children = [self._header, *boxes]
         if footer:
             children.append(self._footer)
         if self._show_history:
             self._render_history()
             children.append(self._history)
-        _update(self, children=tuple(children))
+        update_widget(self, children=tuple(children))
 
     def _collect(self) -> list[JobSnapshot]:
         self._sync_sources()
@@ -334,7 +190,7 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             records = [record for record in records if record.name in names]
         unique = {record.id: record for record in records}.values()
         newest = sorted(unique, key=lambda record: record.submitted_at, reverse=True)
-        _update(self._history, value=history_html(newest[:HISTORY_ROWS], "Past jobs"))
+        update_widget(self._history, value=history_html(newest[:HISTORY_ROWS], "Past jobs"))
 
     # ------------------------------------------------------------ buttons
     def _toggle_history(self) -> None:
@@ -342,7 +198,7 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         with self._lock:
             self._show_history = not self._show_history
             self._history_read_at = 0.0
-        _update(self._history_button, button_style="info" if self._show_history else "")
+        update_widget(self._history_button, button_style="info" if self._show_history else "")
         self.mark_dirty()
 
     def _toggle(self, job_id: str) -> None:
@@ -414,7 +270,7 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             self._rows.clear()
             parts = (self._heading, self._footer, self._cancel_all, self._history_button)
             for part in (*parts, self._history, self._header):
-                _close(part)
+                close_widget(part)
             self._columns.close()
             self.layout.close()
         _refresher.remove(self)
