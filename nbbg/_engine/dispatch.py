@@ -88,7 +88,7 @@ class Dispatcher:
             self.end(job, JobState.ERROR, spec, fx)
             return False
         try:
-            future = slot.executor.submit(worker.run_job, spec)
+            future = slot.submit(spec)
         except Exception:  # noqa: BLE001 - a broken executor: a new worker, the job goes first
             self._replace_worker(slot, fx)
             self.table.push_front(item)
