@@ -14,6 +14,9 @@ from ._errors import (
     NbbgError,
     ObjectChangedError,
     PortInUseError,
+    RayNotInstalledError,
+    RayTaskLostError,
+    RayUnreachableError,
     ShippingError,
     ShutdownError,
     StoreError,
@@ -29,10 +32,12 @@ from ._errors import (
 
 if TYPE_CHECKING:
     from ._dash.manager import LokyManager
+    from ._dash.ray_manager import RayManager
     from ._notebook.extension import (
         kernel_manager,
         load_ipython_extension,
         unload_ipython_extension,
+        use_backend,
     )
     from ._notebook.legacy import JupyterDash
     from ._notebook.panel import JobsPanel, panel
@@ -55,6 +60,10 @@ __all__ = [
     "NbbgError",
     "ObjectChangedError",
     "PortInUseError",
+    "RayManager",
+    "RayNotInstalledError",
+    "RayTaskLostError",
+    "RayUnreachableError",
     "ShippingError",
     "ShutdownError",
     "StoreError",
@@ -71,6 +80,7 @@ __all__ = [
     "load_ipython_extension",
     "panel",
     "unload_ipython_extension",
+    "use_backend",
 ]
 
 # Loaded on first use. Worker processes import nbbg (for nbbg._engine.worker) before
@@ -79,6 +89,8 @@ __all__ = [
 # worker of a killed kernel alive, or open to "interrupt kernel", for a second.
 _LAZY_NAMES = {
     "LokyManager": "._dash.manager",
+    "RayManager": "._dash.ray_manager",
+    "use_backend": "._notebook.extension",
     "JobsPanel": "._notebook.panel",
     "panel": "._notebook.panel",
     "JupyterDash": "._notebook.legacy",
