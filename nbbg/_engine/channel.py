@@ -41,6 +41,7 @@ class ReportKind(enum.Enum):
     PROGRESS = "progress"
     PROPS = "props"
     BAD_PROGRESS = "bad_progress"
+    WORKER = "worker"  # the job's worker process is known only once it runs (Ray): its pid
 
 
 class Report(NamedTuple):

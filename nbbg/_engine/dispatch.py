@@ -216,9 +216,13 @@ class Dispatcher:
         job = self.table.get(report.job_id)
         if job is None:
             return None
-        job.messages_received += 1
+        if report.kind is not ReportKind.WORKER:  # not one of the job's own messages
+            job.messages_received += 1
         if job.state.active:
-            if report.kind is ReportKind.BAD_PROGRESS:
+            if report.kind is ReportKind.WORKER:
+                job.worker_pid = report.payload
+                fx.events.append(JobEvent("state", self.table.snapshot(job)))
+            elif report.kind is ReportKind.BAD_PROGRESS:
                 failure = JobFailure(str(BadProgressError(job.name, report.payload)))
                 self.end(job, JobState.ERROR, failure, fx)
                 self.dispatch(fx)

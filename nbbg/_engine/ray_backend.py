@@ -34,6 +34,7 @@ from cachetools import LRUCache
 from .._errors import RayNotInstalledError, RayTaskLostError, RayUnreachableError, StoreError
 from . import parcels, ray_task
 from .backend import OnReport
+from .channel import Report, ReportKind
 from .jobs import JobFailure
 from .worker import JobSpec, WorkerOutcome, describe_exception
 
@@ -151,6 +152,7 @@ class RayWorker:
                 item = pickle.loads(ray.get(item_ref))
                 if isinstance(item, tuple) and item and item[0] == "started":
                     _, self._pid, self._host = item
+                    self._backend.on_report(Report(ReportKind.WORKER, spec.job_id, self._pid))
                 elif isinstance(item, tuple) and item and item[0] == "done":
                     future.set_result(self._backend.keep_result(spec, item[1], item[2]))
                     return

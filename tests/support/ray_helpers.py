@@ -1,0 +1,101 @@
+"""Real Ray for the tests, on 127.0.0.1 only, with usage statistics off.
+
+``local_ray`` starts one in-process Ray per test module (~4-25 s and ~620 MB
+on this machine, so never per test); ``RayCluster`` runs ``ray start --head
+--block`` in a subprocess, stopped by its PID (``ray stop`` would stop every
+Ray on the machine, other agents' included).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.helpers import free_port, wait_until
+
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+"""Ray reports usage to an outside server by default: never from a test."""
+
+LOCAL_RAY = {"_node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 2}
+
+
+def start_local_ray() -> None:
+    import ray
+
+    os.environ.update(RAY_ENV)
+    if not ray.is_initialized():
+        ray.init(**LOCAL_RAY)
+
+
+def stop_local_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+class RayCluster:
+    """``ray start --head --block`` on 127.0.0.1 in its own process group."""
+
+    def __init__(self, tmp: Path, num_cpus: int = 2) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+        env = {**os.environ, **RAY_ENV}
+        self.log = tmp / "ray-cluster.log"
+        self.process = subprocess.Popen(
+            [
+                ray_cli, "start", "--head", "--block",
+                "--node-ip-address=127.0.0.1", f"--port={self.port}",
+                f"--num-cpus={num_cpus}", "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        import socket
+
+        def answering() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited: {self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(answering, timeout=120, message="the Ray head to answer")
+        time.sleep(2)  # the raylet registers with the GCS after it answers
+
+    def stop(self) -> None:
+        """Stop every process of the cluster (its process group), by PID."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+    def __enter__(self) -> RayCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        # Ray's daemons may have left their group (setsid): end any of this cluster's.
+        import psutil
+
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if f"127.0.0.1:{self.port}" in cmdline or f"--gcs_server_port={self.port}" in cmdline:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
