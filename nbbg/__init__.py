@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ._engine.jobs import JobEvent, JobFailure, JobSnapshot, JobState
 from ._errors import (
     BadProgressError,
+    ExtensionNotLoadedError,
     JobCancelledError,
     JobFailedError,
     MemoryLimitError,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadProgressError",
+    "ExtensionNotLoadedError",
     "JobCancelledError",
     "JobEvent",
     "JobFailedError",

@@ -276,3 +276,12 @@ class RayTaskLostError(NbbgError, RuntimeError):
             f"Ray lost the task running this job ({detail}): its worker process was "
             "killed, its node went away or the cluster stopped"
         )
+
+
+class ExtensionNotLoadedError(NbbgError, RuntimeError):
+    """A kernel-wide setting was changed before ``%load_ext nbbg``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the nbbg extension is not loaded in this kernel: run `%load_ext nbbg` first"
+        )

@@ -54,7 +54,7 @@ PREWARM_TIMEOUT = 30.0
 
 
 class Engine:
-    """Runs callables on its backend's workers (loky by default), at most ``max_workers`` at a time."""
+    """Runs callables on its backend's workers (loky by default), ``max_workers`` at a time."""
 
     def __init__(
         self,

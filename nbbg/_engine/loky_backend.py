@@ -40,7 +40,8 @@ class LokyWorker:
             self.warming: Future[Any] = self.executor.submit(worker.warm_up, *warm_up_args)
 
     def submit(self, spec: JobSpec) -> Future[WorkerOutcome]:
-        return self.executor.submit(worker.run_job, spec)
+        future: Future[WorkerOutcome] = self.executor.submit(worker.run_job, spec)
+        return future
 
     def pid(self) -> int | None:
         # loky keeps its workers in ``_processes`` (pid -> process).

@@ -41,7 +41,7 @@ from .worker import JobSpec, WorkerOutcome, describe_exception
 LOGGER = logging.getLogger("nbbg")
 
 CONNECT_TIMEOUT = 3.0
-"""Seconds to wait for a cluster's port to answer before ``ray.init`` (which retries for minutes)."""
+"""Seconds a cluster's port may take to answer; ``ray.init`` alone retries for minutes."""
 
 SHIPPED_VERSIONS = 64
 """Callables and large values kept in Ray's object store for later jobs (each by version)."""
@@ -65,7 +65,8 @@ class ClusterInfo:
     cpus: float
 
     def __str__(self) -> str:
-        return f"Ray at {self.address}: {self.nodes} node{'s' if self.nodes != 1 else ''}, {self.cpus:g} CPUs"
+        plural = "s" if self.nodes != 1 else ""
+        return f"Ray at {self.address}: {self.nodes} node{plural}, {self.cpus:g} CPUs"
 
 
 def connect(address: str | None, init_kwargs: dict[str, Any]) -> bool:
@@ -89,7 +90,7 @@ def connect(address: str | None, init_kwargs: dict[str, Any]) -> bool:
     kwargs.setdefault("log_to_driver", False)  # worker output would land in random cells
     try:
         ray.init(address=address, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError...
+    except Exception as exc:
         raise RayUnreachableError(address, describe_exception(exc)) from exc
     return True
 
@@ -208,7 +209,7 @@ class RayBackend:
         return RayWorker(self)
 
     def warm(self) -> Future[Any]:
-        """Start a worker process with the job modules imported (Ray keeps it for the next tasks)."""
+        """Start a worker process with the job modules imported (Ray keeps it for later tasks)."""
         try:
             future: Future[Any] = self._warm.remote(self._warm_modules).future()
         except Exception as exc:  # noqa: BLE001 - the cluster is gone: the job will say so
@@ -236,7 +237,9 @@ class RayBackend:
                 cache[key] = ref
         return ref
 
-    def keep_result(self, spec: JobSpec, outcome: WorkerOutcome, data: bytes | None) -> WorkerOutcome:
+    def keep_result(
+        self, spec: JobSpec, outcome: WorkerOutcome, data: bytes | None
+    ) -> WorkerOutcome:
         """Write the task's result into the kernel's store (a remote node cannot)."""
         if data is None or outcome.kind != "ok":
             return outcome
@@ -260,7 +263,9 @@ def _read(spec: JobSpec, digest: bytes) -> Any:
     """A large value from the job's shared-memory parcel (this machine's copy at submit)."""
     ref = (spec.parcels or {}).get(digest)
     if ref is None:
-        raise RuntimeError(f"the value {digest.hex()[:12]} of `{spec.name}` was not copied at submit")
+        raise RuntimeError(
+            f"the value {digest.hex()[:12]} of `{spec.name}` was not copied at submit"
+        )
     return parcels.Received(ref).value()
 
 

@@ -36,7 +36,7 @@ POLL = 0.05
 
 
 class StreamSender:
-    """The :class:`~nbbg._engine.worker.Sender` of a Ray worker: reports wait for the task's loop."""
+    """A Ray worker's :class:`~nbbg._engine.worker.Sender`: reports wait for the task's loop."""
 
     def __init__(self) -> None:
         self.wake = threading.Event()
@@ -94,7 +94,8 @@ def _state() -> worker._WorkerState:
 
 def _encode(report: Report) -> bytes:
     try:
-        return cloudpickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
+        data: bytes = cloudpickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
     except Exception as exc:  # noqa: BLE001 - a value that cannot be pickled
         reason = f"{report.kind.value} value: {type(exc).__name__}: {exc}"
         return pickle.dumps(Report(ReportKind.BAD_PROGRESS, report.job_id, reason))
@@ -119,7 +120,8 @@ def run_streaming(
     sender = state.sender
     assert isinstance(sender, StreamSender), "a loky worker cannot run a Ray task"
     yield pickle.dumps(("started", os.getpid(), socket.gethostname()))
-    state.objects.use((digest, size, RayHeld(ref)) for digest, (size, ref) in objects.items())
+    held = ((digest, size, RayHeld(ref)) for digest, (size, ref) in objects.items())
+    state.objects.use(held)  # type: ignore[arg-type]  # RayHeld has Received's value()
     spec = replace(spec, payload=payload)
     result: list[bytes] = []
 

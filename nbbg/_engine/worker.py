@@ -273,10 +273,11 @@ def _store(state: _WorkerState, directory: str) -> Store:
 
 def pickle_result(spec: JobSpec, value: Any) -> bytes | JobFailure:
     try:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # noqa: BLE001 - any pickling failure
         error = UnpicklableResultError(spec.name, exc)
         return JobFailure(str(error), _format_traceback(exc))
+    return data
 
 
 def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure | None:

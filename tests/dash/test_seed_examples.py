@@ -1,4 +1,4 @@
-"""The five examples of Dash's background-callbacks page, on LokyManager and RayManager, in Chromium.
+"""The five examples of Dash's background-callbacks page, on Loky- and RayManager, in Chromium.
 
 Each test builds the example as the page does (only the manager line differs)
 and asserts what a person sees in the browser. ``manager`` is each of the two

@@ -50,9 +50,14 @@ class RayCluster:
         self.log = tmp / "ray-cluster.log"
         self.process = subprocess.Popen(
             [
-                ray_cli, "start", "--head", "--block",
-                "--node-ip-address=127.0.0.1", f"--port={self.port}",
-                f"--num-cpus={num_cpus}", "--include-dashboard=false",
+                ray_cli,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.port}",
+                f"--num-cpus={num_cpus}",
+                "--include-dashboard=false",
                 "--disable-usage-stats",
             ],
             env=env,
