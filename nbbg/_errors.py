@@ -271,10 +271,11 @@ class RayUnreachableError(NbbgError, ConnectionError):
 class RayTaskLostError(NbbgError, RuntimeError):
     """The Ray task running a job ended without the job's outcome."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, callback_name: str, detail: str) -> None:
         super().__init__(
-            f"Ray lost the task running this job ({detail}): its worker process was "
-            "killed, its node went away or the cluster stopped"
+            f"Ray lost the task running `{callback_name}` before the job finished ({detail}): "
+            "its worker process was killed, its node went away or the cluster stopped; "
+            "the manager goes on with the next jobs"
         )
 
 

@@ -17,8 +17,10 @@ from tests.support.server_thread import ServerThreadRunner
 
 __all__ = ["free_port", "pid_gone", "wait_until", "worker_pids"]
 
-# Ray reports usage statistics to an outside server unless told not to.
+# Ray reports usage statistics to an outside server unless told not to; its
+# clusters and the kernels joining them use token authentication (~/.ray/auth_token).
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def pytest_setup_options() -> Options:

@@ -67,4 +67,6 @@ class RayManager(EngineManager):
 
     def cluster(self) -> ray_backend.ClusterInfo:
         """The cluster the jobs run on: its address, live nodes and CPUs."""
-        return ray_backend.cluster_info()
+        backend = self.engine.backend
+        watch = backend.watch if isinstance(backend, ray_backend.RayBackend) else None
+        return ray_backend.cluster_info(watch)

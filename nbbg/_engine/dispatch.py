@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import BadProgressError, WorkerDiedError
+from .._errors import BadProgressError, NbbgError, WorkerDiedError
 from . import worker
 from .channel import Report, ReportKind
 from .jobs import Job, JobEvent, JobFailure, JobState
@@ -155,8 +155,11 @@ class Dispatcher:
         self._changed.notify_all()
 
     def worker_died(self, job: Job, exc: BaseException, fx: Effects) -> None:
-        detail = worker.describe_exception(exc)
-        self.end(job, JobState.ERROR, JobFailure(str(WorkerDiedError(job.name, detail))), fx)
+        if isinstance(exc, NbbgError):
+            message = str(exc)  # the backend said what happened (e.g. RayTaskLostError)
+        else:
+            message = str(WorkerDiedError(job.name, worker.describe_exception(exc)))
+        self.end(job, JobState.ERROR, JobFailure(message), fx)
 
     def run_finished(self, slot: Slot, job: Job, fx: Effects) -> None:
         """The worker is done with the job: free its slot, end the job if all its reports came."""

@@ -23,6 +23,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from types import ModuleType
@@ -110,7 +111,54 @@ def _check_reachable(address: str) -> None:
         raise RayUnreachableError(address, describe_exception(exc)) from exc
 
 
-def cluster_info() -> ClusterInfo:
+class ClusterWatch:
+    """Whether the cluster still answers, checked without calling Ray.
+
+    When the cluster's processes are gone, a Ray call from this process (a
+    task, ``ray.put``, ``ray.cancel``) can end the whole process: the kernel.
+    So before each such call the GCS port gets a plain TCP connect (~0.1 ms on
+    one machine; the answer is kept ``RECHECK`` s), and once it stopped
+    answering nbbg makes no further Ray call: jobs fail with a clear error.
+    """
+
+    RECHECK = 0.5
+
+    def __init__(self) -> None:
+        self.address = _gcs_address()
+        self.gone = False
+        self._checked = 0.0
+
+    def alive(self) -> bool:
+        if self.gone:
+            return False
+        now = time.monotonic()
+        if now - self._checked < self.RECHECK or self.address is None:
+            return True
+        host, _, port = self.address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), CONNECT_TIMEOUT):
+                pass
+        except (OSError, ValueError):
+            self.gone = True
+            return False
+        self._checked = now
+        return True
+
+    def check(self) -> None:
+        if not self.alive():
+            raise RayUnreachableError(self.address, "it stopped answering")
+
+
+def _gcs_address() -> str | None:
+    try:
+        return str(import_ray().get_runtime_context().gcs_address)
+    except Exception:  # noqa: BLE001 - a Ray client connection has none
+        return None
+
+
+def cluster_info(watch: ClusterWatch | None = None) -> ClusterInfo:
+    if watch is not None and not watch.alive():
+        return ClusterInfo(f"{watch.address} (not answering)", 0, 0)
     ray = import_ray()
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     cpus = float(ray.cluster_resources().get("CPU", 0))
@@ -139,7 +187,7 @@ class RayWorker:
         try:
             self._ref = self._backend.launch(spec)
         except Exception as exc:  # noqa: BLE001 - e.g. the cluster is gone: fail this job only
-            future.set_exception(RayTaskLostError(f"it could not start: {_first_line(exc)}"))
+            future.set_exception(RayTaskLostError(spec.name, f"not started: {_first_line(exc)}"))
             return future
         threading.Thread(
             target=self._read, args=(self._ref, spec, future), name="nbbg-ray-job", daemon=True
@@ -161,10 +209,10 @@ class RayWorker:
                     self._backend.on_report(item)
         except BaseException as exc:  # noqa: BLE001 - cancelled, crashed, cluster gone
             if not future.done():
-                future.set_exception(RayTaskLostError(_first_line(exc)))
+                future.set_exception(RayTaskLostError(spec.name, _first_line(exc)))
             return
         if not future.done():
-            future.set_exception(RayTaskLostError("its stream ended without an outcome"))
+            future.set_exception(RayTaskLostError(spec.name, "its stream ended early"))
 
     def pid(self) -> int | None:
         return self._pid
@@ -174,8 +222,8 @@ class RayWorker:
 
     def kill(self) -> int | None:
         ref, self._ref = self._ref, None
-        if ref is not None:
-            with contextlib.suppress(Exception):  # already ended, or the cluster is gone
+        if ref is not None and self._backend.watch.alive():
+            with contextlib.suppress(Exception):  # already ended
                 self._backend.ray.cancel(ref, force=True)
         return self._pid
 
@@ -204,6 +252,7 @@ class RayBackend:
             ray_task.run_streaming
         )
         self._warm = self.ray.remote(num_cpus=1, max_retries=0)(ray_task.warm_up)
+        self.watch = ClusterWatch()
 
     def start_worker(self) -> RayWorker:
         return RayWorker(self)
@@ -211,6 +260,7 @@ class RayBackend:
     def warm(self) -> Future[Any]:
         """Start a worker process with the job modules imported (Ray keeps it for later tasks)."""
         try:
+            self.watch.check()
             future: Future[Any] = self._warm.remote(self._warm_modules).future()
         except Exception as exc:  # noqa: BLE001 - the cluster is gone: the job will say so
             future = Future()
@@ -219,6 +269,7 @@ class RayBackend:
 
     def launch(self, spec: JobSpec) -> Any:
         """Start ``spec`` as a task; return its streaming generator."""
+        self.watch.check()
         payload = self._shipped(self._payloads, spec.token, lambda: spec.payload)
         objects = {
             digest: (size, self._shipped(self._objects, digest, lambda d=digest: _read(spec, d)))
@@ -254,7 +305,7 @@ class RayBackend:
         return outcome
 
     def close(self) -> None:
-        if self._owns_ray and os.environ.get("NBBG_KEEP_RAY") != "1":
+        if self._owns_ray and self.watch.alive():
             with contextlib.suppress(Exception):
                 self.ray.shutdown()
 

@@ -13,14 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.support.helpers import free_port, wait_until
 
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
-"""Ray reports usage to an outside server by default: never from a test."""
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+"""Ray reports usage to an outside server by default: never from a test. Token
+authentication (~/.ray/auth_token) on for the clusters and the kernels that join them."""
 
 LOCAL_RAY = {"_node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 2}
 
@@ -65,19 +65,14 @@ class RayCluster:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        import socket
 
-        def answering() -> bool:
+        def started() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ray start exited: {self.log.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-            except OSError:
-                return False
-            return True
+            # Its port answers seconds before the raylet has registered.
+            return "Ray runtime started" in self.log.read_text()
 
-        wait_until(answering, timeout=120, message="the Ray head to answer")
-        time.sleep(2)  # the raylet registers with the GCS after it answers
+        wait_until(started, timeout=120, what="the Ray head to start")
 
     def stop(self) -> None:
         """Stop every process of the cluster (its process group), by PID."""
