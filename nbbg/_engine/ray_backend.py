@@ -90,7 +90,9 @@ def connect(address: str | None, init_kwargs: dict[str, Any]) -> bool:
         kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("log_to_driver", False)  # worker output would land in random cells
     try:
-        ray.init(address=address, **kwargs)
+        # "local": a new instance, never a cluster someone else started on this machine
+        # (ray.init() alone joins the one in /tmp/ray/ray_current_cluster).
+        ray.init(address=address if address is not None else "local", **kwargs)
     except Exception as exc:
         raise RayUnreachableError(address, describe_exception(exc)) from exc
     return True
