@@ -64,7 +64,7 @@ def make_manager() -> Any:
     if MANAGER_KIND == "ray":
         import nbbg
 
-        # A local Ray on 127.0.0.1, no dashboard (RayManager's defaults), as many CPUs as loky's workers.
+        # A local Ray on 127.0.0.1, no dashboard (its defaults), as many CPUs as loky workers.
         return nbbg.RayManager(cache=STORE or None, num_cpus=os.cpu_count() or 1)
     if MANAGER_KIND == "diskcache":
         import diskcache

@@ -88,8 +88,10 @@ def main() -> None:
         if redis is not None:
             redis.stop()
     rows = list(results[kinds[0]][0])
-    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.runs} runs, "
-          f"{os.cpu_count()} CPUs; medians over the runs (every run in brackets)\n")
+    print(
+        f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.runs} runs, "
+        f"{os.cpu_count()} CPUs; medians over the runs (every run in brackets)\n"
+    )
     print("| metric | " + " | ".join(kinds) + " | ray ÷ loky |")
     print("|---|" + "---|" * (len(kinds) + 1))
     for row in rows:

@@ -94,7 +94,13 @@ def connect(address: str | None, init_kwargs: dict[str, Any]) -> bool:
         # (ray.init() alone joins the one in /tmp/ray/ray_current_cluster).
         ray.init(address=address if address is not None else "local", **kwargs)
     except Exception as exc:
-        raise RayUnreachableError(address, describe_exception(exc)) from exc
+        detail = describe_exception(exc)
+        if address is not None and "RAY_AUTH_MODE" not in os.environ:
+            detail += (
+                "; a cluster with token authentication (Ray's default for new clusters) "
+                "also needs RAY_AUTH_MODE=token and its token in this kernel's environment"
+            )
+        raise RayUnreachableError(address, detail) from exc
     return True
 
 
@@ -225,8 +231,12 @@ class RayWorker:
     def kill(self) -> int | None:
         ref, self._ref = self._ref, None
         if ref is not None and self._backend.watch.alive():
-            with contextlib.suppress(Exception):  # already ended
+            try:
                 self._backend.ray.cancel(ref, force=True)
+            except Exception:
+                LOGGER.warning(
+                    "nbbg: ray.cancel of the task in pid %s failed", self._pid, exc_info=True
+                )
         return self._pid
 
 

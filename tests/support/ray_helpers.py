@@ -22,7 +22,12 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 """Ray reports usage to an outside server by default: never from a test. Token
 authentication (~/.ray/auth_token) on for the clusters and the kernels that join them."""
 
-LOCAL_RAY = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 2}
+LOCAL_RAY = {
+    "address": "local",
+    "_node_ip_address": "127.0.0.1",
+    "include_dashboard": False,
+    "num_cpus": 2,
+}
 
 
 def start_local_ray() -> None:
