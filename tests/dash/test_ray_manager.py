@@ -193,3 +193,19 @@ def test_ray_manager_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
     with pytest.raises(nbbg.RayNotInstalledError, match=r'pip install "nbbg\[ray\]"'):
         nbbg.RayManager()
+
+
+def test_a_job_sees_a_large_global_as_at_submit(any_manager: Any) -> None:
+    import numpy as np
+
+    table = np.arange(1_000_000, dtype=np.int64)  # 8 MB: shipped by digest, apart from the code
+
+    def total() -> int:
+        return int(table.sum())
+
+    first = any_manager.submit(total)
+    assert any_manager.wait(first, 60) == int(np.arange(1_000_000).sum())
+    table[:] = 1  # an edit in place, as a later cell would make it
+    second = any_manager.submit(total)
+    table[:] = 2  # after the submit: the job must not see it
+    assert any_manager.wait(second, 60) == 1_000_000
