@@ -77,7 +77,11 @@ class RayCluster:
             # Its port answers seconds before the raylet has registered.
             return "Ray runtime started" in self.log.read_text()
 
-        wait_until(started, timeout=120, what="the Ray head to start")
+        try:
+            wait_until(started, timeout=120, what="the Ray head to start")
+        except BaseException:
+            self.__exit__(None, None, None)  # never leave a half-started cluster behind
+            raise
 
     def stop(self) -> None:
         """Stop every process of the cluster (its process group), by PID."""
