@@ -61,6 +61,11 @@ def make_manager() -> Any:
         import nbbg
 
         return nbbg.LokyManager(cache=STORE or None)
+    if MANAGER_KIND == "ray":
+        import nbbg
+
+        # A local Ray on 127.0.0.1, no dashboard (its defaults), as many CPUs as loky workers.
+        return nbbg.RayManager(cache=STORE or None, num_cpus=os.cpu_count() or 1)
     if MANAGER_KIND == "diskcache":
         import diskcache
         from dash import DiskcacheManager
@@ -75,7 +80,7 @@ def make_manager() -> Any:
 
         return ThreadFloorManager()
     raise SystemExit(
-        f"BENCH_MANAGER must be loky, diskcache, celery or floor, not {MANAGER_KIND!r}"
+        f"BENCH_MANAGER must be loky, ray, diskcache, celery or floor, not {MANAGER_KIND!r}"
     )
 
 

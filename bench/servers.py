@@ -36,14 +36,15 @@ from .procs import Ledger
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_SCRIPT = REPO_ROOT / "bench" / "apps.py"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-MANAGERS = ("loky", "diskcache", "celery", "floor")
+MANAGERS = ("loky", "diskcache", "celery", "floor", "ray")
 LABELS = {
     "loky": "LokyManager",
+    "ray": "RayManager",
     "diskcache": "DiskcacheManager",
     "celery": "CeleryManager",
     "floor": "floor (threads)",
 }
-START_TIMEOUT = 60.0
+START_TIMEOUT = 120.0  # a local Ray takes 4-25 s to start on 2 busy cores
 LEFTOVER_GRACE = 2.0
 """Seconds processes get to exit on their own after their server stopped."""
 

@@ -18,6 +18,9 @@ from ._errors import (
     NotRerunnableError,
     ObjectChangedError,
     PortInUseError,
+    RayNotInstalledError,
+    RayTaskLostError,
+    RayUnreachableError,
     ResultEvictedError,
     ShippingError,
     ShutdownError,
@@ -33,12 +36,14 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._dash.manager import LokyManager
+    from ._dash.loky_manager import LokyManager
+    from ._dash.ray_manager import RayManager
     from ._notebook.extension import (
         history,
         kernel_manager,
         load_ipython_extension,
         unload_ipython_extension,
+        use_backend,
     )
     from ._notebook.legacy import JupyterDash
     from ._notebook.panel import JobsPanel, panel
@@ -66,6 +71,10 @@ __all__ = [
     "ObjectChangedError",
     "OutputLine",
     "PortInUseError",
+    "RayManager",
+    "RayNotInstalledError",
+    "RayTaskLostError",
+    "RayUnreachableError",
     "ResultEvictedError",
     "ShippingError",
     "ShutdownError",
@@ -84,6 +93,7 @@ __all__ = [
     "load_ipython_extension",
     "panel",
     "unload_ipython_extension",
+    "use_backend",
 ]
 
 # Loaded on first use. Worker processes import nbbg (for nbbg._engine.worker) before
@@ -91,7 +101,9 @@ __all__ = [
 # (the manager), IPython and ipywidgets (the notebook layer) there would keep a
 # worker of a killed kernel alive, or open to "interrupt kernel", for a second.
 _LAZY_NAMES = {
-    "LokyManager": "._dash.manager",
+    "LokyManager": "._dash.loky_manager",
+    "RayManager": "._dash.ray_manager",
+    "use_backend": "._notebook.extension",
     "JobsPanel": "._notebook.panel",
     "panel": "._notebook.panel",
     "JupyterDash": "._notebook.legacy",

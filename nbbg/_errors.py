@@ -244,6 +244,41 @@ class PortInUseError(NbbgError, OSError):
         return [f"{type(self).__name__}: {self}"]
 
 
+class RayNotInstalledError(NbbgError, ImportError):
+    """``RayManager`` needs the optional dependency Ray."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "RayManager runs jobs on Ray, which is not installed here: "
+            'pip install "nbbg[ray]" (or pip install "ray>=2.40"), then restart the kernel'
+        )
+
+
+class RayUnreachableError(NbbgError, ConnectionError):
+    """The Ray cluster at the given address could not be reached."""
+
+    def __init__(self, address: str | None, cause: BaseException | str) -> None:
+        self.address = address
+        where = "a local Ray instance" if address is None else f"the Ray cluster at {address!r}"
+        super().__init__(
+            f"could not connect to {where} ({cause}); check that it runs (`ray status "
+            f"--address {address}`) and that the address is right. Nothing was changed"
+            if address is not None
+            else f"could not start {where} ({cause}). Nothing was changed"
+        )
+
+
+class RayTaskLostError(NbbgError, RuntimeError):
+    """The Ray task running a job ended without the job's outcome."""
+
+    def __init__(self, callback_name: str, detail: str) -> None:
+        super().__init__(
+            f"Ray lost the task running `{callback_name}` before the job finished ({detail}): "
+            "its worker process was killed, its node went away or the cluster stopped; "
+            "the manager goes on with the next jobs"
+        )
+
+
 class ResultEvictedError(NbbgError, LookupError):
     """``record.result()`` of a past job whose result is no longer in the store."""
 

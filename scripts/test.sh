@@ -13,4 +13,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
 python -m pip install -q -e ".[test]"
+# Ray (RayManager tests) reports usage statistics to an outside server unless told not to.
+export RAY_USAGE_STATS_ENABLED=0
 exec python -m pytest "$@"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium.webdriver.chrome.options import Options
@@ -14,6 +16,11 @@ from tests.support.helpers import free_port, pid_gone, wait_until
 from tests.support.server_thread import ServerThreadRunner
 
 __all__ = ["free_port", "pid_gone", "wait_until", "worker_pids"]
+
+# Ray reports usage statistics to an outside server unless told not to; its
+# clusters and the kernels joining them use token authentication (~/.ray/auth_token).
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def pytest_setup_options() -> Options:
@@ -59,6 +66,28 @@ def store_dir(tmp_path: Path) -> Path:
 def manager(store_dir: Path) -> Iterator[nbbg.LokyManager]:
     """A two-worker manager with a private store, shut down after the test."""
     mgr = nbbg.LokyManager(max_workers=2, cache=str(store_dir))
+    yield mgr
+    mgr.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One real Ray on 127.0.0.1 for the test module (it takes seconds and ~620 MB)."""
+    from tests.support.ray_helpers import start_local_ray, stop_local_ray
+
+    start_local_ray()
+    yield
+    stop_local_ray()
+
+
+@pytest.fixture(params=["loky", "ray"])
+def any_manager(request: pytest.FixtureRequest, store_dir: Path) -> Iterator[Any]:
+    """A two-worker ``LokyManager``, then a ``RayManager`` on a local Ray."""
+    if request.param == "ray":
+        request.getfixturevalue("local_ray")
+        mgr: Any = nbbg.RayManager(max_workers=2, cache=str(store_dir))
+    else:
+        mgr = nbbg.LokyManager(max_workers=2, cache=str(store_dir))
     yield mgr
     mgr.shutdown()
 

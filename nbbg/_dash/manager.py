@@ -1,4 +1,4 @@
-"""``LokyManager``: Dash's background-callback contract on top of the engine.
+"""``LokyManager`` (and ``RayManager``'s base): Dash's background-callback contract on the engine.
 
 Dash talks to a manager in cache keys (one per callback + inputs) and job ids
 (signed and handed to the browser). The engine talks in job ids only, so this
@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import diskcache
 from dash.background_callback.managers import BaseBackgroundCallbackManager
 
+from .._engine.backend import BackendFactory
 from .._engine.engine import Engine
 from .._engine.events import Subscriber
 from .._engine.history import History
@@ -37,6 +37,7 @@ from .._engine.slots import WorkerInfo
 from .._engine.store import MISSING, open_store, read_result
 from .._engine.worker import in_worker
 from .._errors import NbbgError, UnknownJobError, WrongProcessError
+from .dash_jobs import AppOrigin, DashJobFunction, trigger_label
 from .delivery import Deliveries
 from .outcomes import (
     bad_update_error,
@@ -56,73 +57,24 @@ REFUSED_JOB_PREFIX = "refused-"
 """Job ids handed out in a forked process: their poll answers the ``WrongProcessError``."""
 
 
-@dataclass(frozen=True)
-class DashJobFunction:
-    """What ``make_job_fn`` returns: the user's callback and whether it reports progress."""
+class EngineManager(BaseBackgroundCallbackManager):
+    """Dash's background-callback contract on the engine, whatever its backend.
 
-    fn: Callable[..., Any]
-    has_progress: bool
-
-    @property
-    def name(self) -> str:
-        return getattr(self.fn, "__name__", type(self.fn).__name__)
-
-
-@dataclass(frozen=True)
-class AppOrigin:
-    """The ``origin`` of a job a Dash app started: ``id()`` of the app's Flask server.
-
-    ``server_id`` is None when the request's app could not be told apart.
-    """
-
-    server_id: int | None
-
-
-def trigger_label(context: Any) -> str:
-    """The triggering inputs, e.g. ``button.n_clicks=3``."""
-    triggered = (context or {}).get("triggered_inputs") or []
-    parts = []
-    for item in triggered:
-        try:
-            parts.append(f"{item['prop_id']}={item.get('value')!r}")
-        except (TypeError, KeyError):
-            continue
-    return ", ".join(parts)
-
-
-class LokyManager(BaseBackgroundCallbackManager):
-    """Run Dash background callbacks in warm loky worker processes.
-
-    A drop-in replacement for ``DiskcacheManager``::
-
-        app = Dash(__name__, background_callback_manager=nbbg.LokyManager())
-
-    :param max_workers: jobs that run at once (default: the CPU count); more
-        wait in a FIFO queue.
-    :param cache: a ``diskcache.Cache`` or a directory for results and
-        ``cache_by`` entries (default: ``~/.cache/nbbg/store``, mode 0700).
-    :param cache_by: zero-argument functions whose values join the cache key;
-        when set, identical calls are answered from the store without running.
-    :param expire: seconds a ``cache_by`` entry lives after its last use.
-    :param prewarm: start the workers now and return once they are ready (at
-        most 30 s), so the first job runs at warm speed; ``False`` starts them
-        at the first job instead.
-    :param memory_limit: the most memory (RSS) one job's worker may use; a job
-        going over it is stopped with ``MemoryLimitError``. Bytes, a size such
-        as ``"4GiB"`` or ``"300MB"``, ``None`` for no limit, or ``"auto"``
-        (default): half of the memory of the machine, or of its container.
+    :class:`LokyManager` (workers on this machine) and ``RayManager`` (jobs as
+    Ray tasks) differ only in the backend they give the engine.
     """
 
     def __init__(
         self,
-        max_workers: int | None = None,
-        cache: diskcache.Cache | str | os.PathLike[str] | None = None,
-        cache_by: Callable[[], Any] | list[Callable[[], Any]] | None = None,
-        expire: float | None = None,
-        prewarm: bool = True,
-        memory_limit: MemoryLimitSpec = "auto",
+        *,
+        max_workers: int | None,
+        cache: diskcache.Cache | str | os.PathLike[str] | None,
+        cache_by: Callable[[], Any] | list[Callable[[], Any]] | None,
+        expire: float | None,
+        prewarm: bool,
+        memory_limit: MemoryLimit | None,
+        backend: BackendFactory | None = None,
     ) -> None:
-        limit = parse_memory_limit(memory_limit)  # bad input fails before workers start
         warm_json_encoder()
         self.handle = open_store(cache)
         self.expire = expire
@@ -136,8 +88,9 @@ class LokyManager(BaseBackgroundCallbackManager):
             prewarm=prewarm and not in_worker(),
             warm_modules=WARM_MODULES,
             hooks=self._deliveries,
+            backend=backend,
         )
-        self._memory_guard = MemoryGuard(self._engine, limit)
+        self._memory_guard = MemoryGuard(self._engine, memory_limit)
         # Subscribed after the guard: a job's record gets the guard's last sample.
         self._history = History(self.handle.directory, self.handle, self.submit)
         self._history_writer = HistoryWriter(self._engine, self._history)
@@ -243,7 +196,7 @@ class LokyManager(BaseBackgroundCallbackManager):
 
     def get_result(self, key: str, job: Any) -> Any:
         if not self._engine.owner.is_current or str(job).startswith(REFUSED_JOB_PREFIX):
-            error = WrongProcessError("LokyManager", self._engine.owner.pid, current_pid())
+            error = WrongProcessError(type(self).__name__, self._engine.owner.pid, current_pid())
             return {"background_callback_error": {"msg": str(error), "tb": ""}}
         snapshot = self._engine.get(str(job)) if job is not None else None
         if snapshot is None:
@@ -410,6 +363,6 @@ class LokyManager(BaseBackgroundCallbackManager):
         active = sum(1 for job in self._engine.jobs() if job.state.active)
         limit = self.memory_limit
         return (
-            f"<LokyManager max_workers={self.max_workers} active_jobs={active} "
+            f"<{type(self).__name__} max_workers={self.max_workers} active_jobs={active} "
             f"memory_limit={str(limit) if limit else None!r} store={self.handle.directory!r}>"
         )

@@ -46,6 +46,7 @@ class ReportKind(enum.Enum):
     PROPS = "props"
     OUTPUT = "output"
     BAD_PROGRESS = "bad_progress"
+    WORKER = "worker"  # the job's worker process is known only once it runs (Ray): its pid
 
 
 class Report(NamedTuple):

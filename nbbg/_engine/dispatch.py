@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .._errors import BadProgressError, WorkerDiedError
+from .._errors import BadProgressError, NbbgError, WorkerDiedError
 from . import worker
 from .channel import Report, ReportKind
 from .jobs import Job, JobEvent, JobFailure, JobState
@@ -89,7 +89,7 @@ class Dispatcher:
             self.end(job, JobState.ERROR, spec, fx)
             return False
         try:
-            future = slot.executor.submit(worker.run_job, spec)
+            future = slot.submit(spec)
         except Exception:  # noqa: BLE001 - a broken executor: a new worker, the job goes first
             self._replace_worker(slot, fx)
             self.table.push_front(item)
@@ -156,8 +156,11 @@ class Dispatcher:
         self._changed.notify_all()
 
     def worker_died(self, job: Job, exc: BaseException, fx: Effects) -> None:
-        detail = worker.describe_exception(exc)
-        self.end(job, JobState.ERROR, JobFailure(str(WorkerDiedError(job.name, detail))), fx)
+        if isinstance(exc, NbbgError):
+            message = str(exc)  # the backend said what happened (e.g. RayTaskLostError)
+        else:
+            message = str(WorkerDiedError(job.name, worker.describe_exception(exc)))
+        self.end(job, JobState.ERROR, JobFailure(message), fx)
 
     def run_finished(self, slot: Slot, job: Job, fx: Effects) -> None:
         """The worker is done with the job: free its slot, end the job if all its reports came."""
@@ -220,11 +223,15 @@ class Dispatcher:
         job = self.table.get(report.job_id)
         if job is None:
             return None
-        job.messages_received += 1
+        if report.kind is not ReportKind.WORKER:  # not one of the job's own messages
+            job.messages_received += 1
         if job.state.active:
             if report.kind is ReportKind.OUTPUT:
                 job.output.add(report.payload)
                 fx.events.append(JobEvent("output", self.table.snapshot(job)))
+            elif report.kind is ReportKind.WORKER:
+                job.worker_pid = report.payload
+                fx.events.append(JobEvent("state", self.table.snapshot(job)))
             elif report.kind is ReportKind.BAD_PROGRESS:
                 failure = JobFailure(str(BadProgressError(job.name, report.payload)))
                 self.end(job, JobState.ERROR, failure, fx)

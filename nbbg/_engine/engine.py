@@ -35,23 +35,18 @@ from .._errors import (
     UnpicklableArgumentsError,
 )
 from . import worker
-from .channel import ProgressListener, Report
+from .backend import Backend, BackendFactory, WorkerHandle
+from .channel import Report
 from .collect import Collector
 from .dispatch import MESSAGE_GRACE, Dispatcher, Effects
 from .events import EngineHooks, EventHub, Subscriber
 from .jobs import Job, JobEvent, JobFailure, JobSnapshot, JobState
 from .kernel_state import KernelStateTracker
+from .loky_backend import LokyBackend
 from .packing import copy_at_submit, lacked_by
 from .process_owner import ProcessOwner
 from .shipping import Cargo, FunctionRegistry
-from .slots import (
-    Slot,
-    SlotPool,
-    StartedWorker,
-    WorkerInfo,
-    check_worker_count,
-    start_worker,
-)
+from .slots import Slot, SlotPool, WorkerInfo, check_worker_count
 from .table import HISTORY, JobTable, QueuedJob
 
 PREWARM_TIMEOUT = 30.0
@@ -59,7 +54,7 @@ PREWARM_TIMEOUT = 30.0
 
 
 class Engine:
-    """Runs callables in warm loky workers, at most ``max_workers`` at a time."""
+    """Runs callables on its backend's workers (loky by default), ``max_workers`` at a time."""
 
     def __init__(
         self,
@@ -70,6 +65,7 @@ class Engine:
         warm_modules: tuple[str, ...] = (),
         history: int = HISTORY,
         hooks: EngineHooks | None = None,
+        backend: BackendFactory | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -83,9 +79,8 @@ class Engine:
         self._functions = FunctionRegistry()
         self._kernel_state = KernelStateTracker()
         self._closed = False
-        self._listener = ProgressListener(self._on_report)
-        self._initargs = (os.getpid(), self._listener.address, self._listener.authkey)
-        self._warm_up_args = (warm_modules, store.directory)
+        factory: BackendFactory = LokyBackend if backend is None else backend
+        self.backend: Backend = factory(self._on_report, warm_modules, store)
         self._table = JobTable(history)
         self._collector = Collector(self._changed, self._table, store, self.fail)
         self._pool = SlotPool(max_workers)
@@ -103,8 +98,8 @@ class Engine:
         atexit.register(_shutdown_if_alive, weakref.ref(self))
 
     # ---------------------------------------------------------------- workers
-    def _start_worker(self) -> StartedWorker:
-        return start_worker(self._initargs, self._warm_up_args)
+    def _start_worker(self) -> WorkerHandle:
+        return self.backend.start_worker()
 
     @property
     def max_workers(self) -> int:
@@ -320,7 +315,7 @@ class Engine:
             self._pool.close()
             fx.spawn.clear()
             self._changed.notify_all()
-        self._listener.close()
+        self.backend.close()
         self._carry_out(fx)
 
     @property
@@ -377,7 +372,7 @@ class Engine:
             started = self._start_worker()
             with self._lock:
                 if self._closed or slot.has_worker or slot not in self._pool.slots:
-                    started.discard()
+                    started.kill()
                     continue
                 slot.attach(started)
         with self._step() as fx:

@@ -1,52 +1,23 @@
-"""Slots: one single-worker loky executor each, killed and replaced on cancel.
+"""Slots: one worker each (see ``backend``), killed and replaced on cancel.
 
-loky cannot cancel a running task, and killing a worker of a shared pool
-fails every future of that pool. With one executor per slot, cancelling a job
-kills only its own worker; a fresh executor (prewarmed) takes the slot.
-
-Replacing a worker has two halves: :meth:`Slot.kill` (SIGKILL, instant, done
-under the engine's lock so no message of the old job is taken for the new
-one) and :func:`start_worker` (fork + exec, 10-20 ms, done by the engine after
+Replacing a worker has two halves: :meth:`Slot.kill` (instant, done under the
+engine's lock so no message of the old job is taken for the new one) and the
+backend's ``start_worker`` (a process start for loky, done by the engine after
 it releases its lock, so cancel requests and polls never wait for it), whose
 worker the engine then gives the slot with :meth:`Slot.attach`.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
 from cachetools import LRUCache
-from loky import ProcessPoolExecutor
 
 from . import worker
+from .backend import WorkerHandle
 from .object_cache import ObjectCache
-from .platform import kill_process, sigint_blocked
-
-
-@dataclass(frozen=True)
-class StartedWorker:
-    """A single-worker executor and the future of its warm-up."""
-
-    executor: ProcessPoolExecutor
-    warming: Future[Any]
-
-    def discard(self) -> None:
-        _shutdown_in_background(self.executor)
-
-
-def start_worker(initargs: tuple[Any, ...], warm_up_args: tuple[Any, ...]) -> StartedWorker:
-    """Start a worker process and its warm-up (never under the engine's lock)."""
-    executor = ProcessPoolExecutor(max_workers=1, initializer=worker.initialize, initargs=initargs)
-    # The first submit spawns the worker (fork + exec) from this thread.
-    # Spawn it with SIGINT blocked, so an "interrupt kernel" that reaches
-    # the process group before the initializer ignores SIGINT cannot kill it.
-    with sigint_blocked():
-        warming = executor.submit(worker.warm_up, *warm_up_args)
-    return StartedWorker(executor, warming)
 
 
 @dataclass(frozen=True)
@@ -56,6 +27,7 @@ class WorkerInfo:
     slot: int
     pid: int | None
     job_id: str | None
+    node: str | None = None  # where it runs (None: this machine)
 
 
 class Slot:
@@ -74,9 +46,9 @@ class Slot:
         self.shipped_tokens: LRUCache[int, None] = LRUCache(worker.FUNCTION_CACHE_SIZE)
         self.objects: ObjectCache[None] = ObjectCache()  # mirror of the worker's objects
         self.environ_token = 0  # the kernel environment the worker holds
-        self._worker: StartedWorker | None = None
+        self._worker: WorkerHandle | None = None
 
-    def attach(self, started: StartedWorker) -> None:
+    def attach(self, started: WorkerHandle) -> None:
         """Give the slot its new worker (under the engine's lock)."""
         self._worker = started
 
@@ -84,11 +56,14 @@ class Slot:
     def has_worker(self) -> bool:
         return self._worker is not None
 
-    @property
-    def executor(self) -> ProcessPoolExecutor:
+    def submit(self, spec: worker.JobSpec) -> Future[worker.WorkerOutcome]:
+        """Start ``spec`` (packed for this slot) on the slot's worker."""
         if self._worker is None:
             raise RuntimeError(f"slot {self.index} has no worker yet")
-        return self._worker.executor
+        future = self._worker.submit(spec)
+        if not self._worker.keeps_state:
+            self.forget_holdings()  # the next job may land on another process
+        return future
 
     @property
     def busy(self) -> bool:
@@ -115,11 +90,16 @@ class Slot:
         return self._worker is not None and self._worker.warming.done()
 
     def worker_pid(self) -> int | None:
-        if self._worker is None:
-            return None
-        # loky keeps its workers in ``_processes`` (pid -> process).
-        pids = list(getattr(self._worker.executor, "_processes", {}))
-        return pids[0] if pids else None
+        return None if self._worker is None else self._worker.pid()
+
+    def worker_node(self) -> str | None:
+        return None if self._worker is None else self._worker.node()
+
+    def forget_holdings(self) -> None:
+        """Clear the mirror of what the worker holds: the next job gets everything."""
+        self.shipped_tokens.clear()
+        self.objects.clear()
+        self.environ_token = 0
 
     def remember_shipped(self, token: int) -> bool:
         """Record that the worker now holds ``token``; True if it already did.
@@ -132,19 +112,13 @@ class Slot:
         return known
 
     def kill(self) -> int | None:
-        """SIGKILL the worker and forget its job; return its pid. :meth:`attach` follows."""
-        old_worker, old_pid = self._worker, self.worker_pid()
-        if old_pid is not None:
-            kill_process(old_pid)
+        """Stop the worker at once and forget its job; return its pid. :meth:`attach` follows."""
+        old_worker, self._worker = self._worker, None
+        old_pid = old_worker.kill() if old_worker is not None else None
         self.generation += 1
         self.job_id = None
         self.needs_restart = False
-        self.shipped_tokens.clear()
-        self.objects.clear()
-        self.environ_token = 0
-        self._worker = None
-        if old_worker is not None:
-            old_worker.discard()
+        self.forget_holdings()
         return old_pid
 
 
@@ -206,22 +180,15 @@ class SlotPool:
         return next((slot for slot in self.slots if slot.job_id == job_id), None)
 
     def workers(self) -> list[WorkerInfo]:
-        return [WorkerInfo(slot.index, slot.worker_pid(), slot.job_id) for slot in self.slots]
+        return [
+            WorkerInfo(slot.index, slot.worker_pid(), slot.job_id, slot.worker_node())
+            for slot in self.slots
+        ]
 
     def close(self) -> None:
         for slot in self.slots:
             slot.kill()
         self.slots = []
-
-
-def _shutdown_in_background(executor: ProcessPoolExecutor) -> None:
-    # loky's shutdown joins its manager thread; never make the caller wait.
-    threading.Thread(
-        target=executor.shutdown,
-        kwargs={"wait": True, "kill_workers": True},
-        name="nbbg-retire-worker",
-        daemon=True,
-    ).start()
 
 
 def check_worker_count(max_workers: int) -> None:

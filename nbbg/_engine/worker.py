@@ -28,7 +28,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import cloudpickle
 from cachetools import LRUCache
@@ -80,8 +80,16 @@ class WorkerOutcome:
     missing_environ: bool = False
 
 
+class Sender(Protocol):
+    """Where a job's reports go: the kernel's socket (loky) or the task's stream (Ray)."""
+
+    def begin(self, job_id: str) -> JobReporter: ...
+
+    def end(self, reporter: JobReporter) -> int: ...
+
+
 class _WorkerState:
-    def __init__(self, sender: ProgressSender) -> None:
+    def __init__(self, sender: Sender) -> None:
         self.sender = sender
         self.payloads: LRUCache[int, bytes] = LRUCache(FUNCTION_CACHE_SIZE)
         self.objects: ObjectCache[_parcels.Received] = ObjectCache()
@@ -265,12 +273,19 @@ def _store(state: _WorkerState, directory: str) -> Store:
     return store
 
 
-def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure | None:
+def pickle_result(spec: JobSpec, value: Any) -> bytes | JobFailure:
     try:
-        data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # noqa: BLE001 - any pickling failure
         error = UnpicklableResultError(spec.name, exc)
         return JobFailure(str(error), _format_traceback(exc))
+    return data
+
+
+def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure | None:
+    data = pickle_result(spec, value)
+    if isinstance(data, JobFailure):
+        return data
     store = None
     try:
         # Store the pickled bytes so that diskcache never needs to pickle.
@@ -283,7 +298,11 @@ def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure |
     return None
 
 
-def run_job(spec: JobSpec) -> WorkerOutcome:
+Saver = Callable[[_WorkerState, JobSpec, Any], "JobFailure | None"]
+
+
+def run_job(spec: JobSpec, save: Saver = _save_result) -> WorkerOutcome:
+    """Run one job; ``save`` keeps its result (into the store, by default)."""
     state = _state
     assert state is not None, "nbbg worker used without its initializer"
     missing = _missing(state, spec)
@@ -313,7 +332,7 @@ def run_job(spec: JobSpec) -> WorkerOutcome:
         _note_imported_modules(state, spec)
     messages_sent = state.sender.end(reporter)
     if failure is None:
-        failure = _save_result(state, spec, value)
+        failure = save(state, spec, value)
     if failure is not None:
         return WorkerOutcome("error", messages_sent, failure)
     return WorkerOutcome("ok", messages_sent)

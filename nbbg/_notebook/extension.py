@@ -16,6 +16,11 @@ Loading the extension:
   adds the ``%nbbg`` magic.
 
 ``%unload_ext nbbg`` undoes each change, closes the panels and stops the workers.
+
+``%nbbg backend ray [address]`` / ``%nbbg backend loky`` (or
+:func:`use_backend`) replaces the kernel's manager for apps created afterwards;
+apps already built keep theirs, whose running jobs go on. A manager that
+cannot be made (an unreachable Ray) leaves the current one in place.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Any
 
 import dash
 
-from .._dash.manager import LokyManager
+from .._dash.loky_manager import LokyManager
+from .._dash.manager import EngineManager
 from .._dash.private import (
     background_manager,
     inline_display_slot,
@@ -46,7 +52,9 @@ from .sources import release_watches, watch
 
 @dataclass
 class _Loaded:
-    manager: LokyManager
+    manager: EngineManager
+    earlier: list[EngineManager] = field(default_factory=list)
+    """Managers replaced by ``use_backend``: apps built before may still use them."""
     undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     panels: dict[tuple[str, int], JobsPanel] = field(default_factory=dict)
     """The panel shown under the app served at each address (replaced when the cell runs again)."""
@@ -65,7 +73,7 @@ _loaded: _Loaded | None = None
 _hook_registered = False
 
 
-def kernel_manager() -> LokyManager | None:
+def kernel_manager() -> EngineManager | None:
     """The manager ``%load_ext nbbg`` created, while the extension is loaded."""
     return None if _loaded is None else _loaded.manager
 
@@ -95,7 +103,7 @@ def load_ipython_extension(ipython: Any) -> None:
         _fit_inline_display(runner),
         patch_attribute(runner, "default_mode", "inline"),
         legacy.install(),
-        magics.register(ipython, state.manager),
+        magics.register(ipython, lambda: state.manager, use_backend),
     ):
         state.undo.callback(undo)
     _loaded = state
@@ -110,7 +118,34 @@ def unload_ipython_extension(ipython: Any) -> None:
     close_all_panels()
     state.undo.close()
     release_watches()
-    state.manager.shutdown()
+    for manager in (*state.earlier, state.manager):
+        manager.shutdown()
+
+
+def use_backend(backend: str, address: str | None = None, **kwargs: Any) -> EngineManager:
+    """Make the kernel's manager run on ``"ray"`` (at ``address``) or ``"loky"``; return it.
+
+    Dash apps created afterwards use it; apps built before keep their manager.
+    ``kwargs`` go to the manager (``RayManager`` passes the rest to ``ray.init``).
+    If the new manager cannot be made (e.g. ``RayUnreachableError``), the
+    kernel keeps its current one and the error says why.
+    """
+    state = _loaded
+    if state is None:
+        raise ExtensionNotLoadedError(f"nbbg.use_backend({backend!r})")
+    if backend == "ray":
+        from .._dash.ray_manager import RayManager
+
+        manager: EngineManager = RayManager(address, **kwargs)
+    elif backend == "loky":
+        if address is not None:
+            raise ValueError("the loky backend runs on this machine: it takes no address")
+        manager = LokyManager(**kwargs)
+    else:
+        raise ValueError(f"unknown backend {backend!r}: use 'ray' or 'loky'")
+    state.earlier.append(state.manager)
+    state.manager = manager
+    return manager
 
 
 def _register_hook_once() -> None:
@@ -139,5 +174,5 @@ def _adopt_app(app: dash.Dash) -> None:
     manager = background_manager(app)
     if manager is None:
         set_background_manager(app, state.manager)
-    elif not isinstance(manager, LokyManager):
+    elif not isinstance(manager, EngineManager):
         watch(manager)  # learn its jobs from the first one

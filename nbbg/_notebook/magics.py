@@ -1,4 +1,4 @@
-"""The ``%nbbg`` line magic: status, cancel, worker count, memory limit, restart, panel, history.
+"""The ``%nbbg`` line magic: status, cancel, workers, memory, restart, panel, history, backend.
 
 It acts on the kernel's manager (the one ``%load_ext nbbg`` created) and,
 for ``cancel``, on every job the kernel's managers know. The line is parsed
@@ -14,7 +14,7 @@ from typing import Any
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError as IPythonUsageError
 
-from .._dash.manager import LokyManager
+from .._dash.manager import EngineManager
 from .._engine.jobs import JobSnapshot
 from .._errors import NbbgError
 from .history_view import history_table
@@ -30,7 +30,9 @@ usage:
   %nbbg restart            fresh workers, e.g. after editing an imported module
   %nbbg panel              show the jobs panel of every job in this kernel
   %nbbg history [n]        the last n finished jobs of this store (default 20), also of
-                           earlier kernels: see nbbg.history() for records to work with"""
+                           earlier kernels: see nbbg.history() for records to work with
+  %nbbg backend ray [addr] run the jobs of apps created from now on on Ray (a local one, or addr)
+  %nbbg backend loky       ... on this machine's loky workers again"""
 
 STATUS_ROWS = 20
 HISTORY_ROWS = 20
@@ -45,12 +47,19 @@ def _kernel_jobs() -> list[tuple[JobSource, JobSnapshot]]:
     return [(source, job) for source in sources for job in source.jobs()]
 
 
-def status(manager: LokyManager) -> str:
+def _worker_text(pid: int | None, node: str | None, job_id: str | None) -> str:
+    where = f"pid {pid}" + (f" on {node}" if node else "")
+    return f"{where} running {job_id[:8]}" if job_id else f"{where} idle"
+
+
+def status(manager: EngineManager) -> str:
     workers = manager.workers()
-    described = ", ".join(
-        f"pid {w.pid} " + (f"running {w.job_id[:8]}" if w.job_id else "idle") for w in workers
-    )
-    lines = [f"nbbg: {len(workers)} worker{'s' if len(workers) != 1 else ''} ({described})"]
+    described = ", ".join(_worker_text(w.pid, w.node, w.job_id) for w in workers)
+    lines = []
+    cluster = getattr(manager, "cluster", None)
+    if cluster is not None:
+        lines.append(f"nbbg: {type(manager).__name__} on {cluster()}")
+    lines.append(f"nbbg: {len(workers)} worker{'s' if len(workers) != 1 else ''} ({described})")
     lines.append(memory_text(manager))
     lines.append(text_table("jobs", [job for _source, job in _kernel_jobs()], STATUS_ROWS))
     return "\n".join(lines)
@@ -81,12 +90,12 @@ def _positive_number(text: str | None, command: str = "workers") -> int:
     return count
 
 
-def memory_text(manager: LokyManager) -> str:
+def memory_text(manager: EngineManager) -> str:
     limit = manager.memory_limit
     return f"memory limit per job: {limit if limit is not None else 'none'}"
 
 
-def _set_memory_limit(manager: LokyManager, text: str) -> str:
+def _set_memory_limit(manager: EngineManager, text: str) -> str:
     try:
         manager.memory_limit = text
     except ValueError:
@@ -102,22 +111,28 @@ def _set_memory_limit(manager: LokyManager, text: str) -> str:
     "command",
     nargs="?",
     default="status",
-    choices=["status", "cancel", "workers", "memory", "restart", "panel", "history"],
+    choices=["status", "cancel", "workers", "memory", "restart", "panel", "history", "backend"],
     help="what to do (default: status)",
 )
 @magic_arguments.argument(  # type: ignore[untyped-decorator]
     "argument",
     nargs="*",
     help=(
-        "cancel: a job id, its first characters, or all; workers: n; "
-        "memory: a size, auto or none; history: how many jobs"
+        "cancel: a job id, its first characters, or all; workers: n; memory: a size, auto or "
+        "none; history: how many jobs; backend: ray [address] or loky"
     ),
 )
 def _arguments(line: str) -> None:
     """Background jobs of this kernel (nbbg)."""
 
 
-ARGUMENT_WORDS = {"cancel": (1, 1), "workers": (1, 1), "memory": (1, 2), "history": (0, 1)}
+ARGUMENT_WORDS = {
+    "cancel": (1, 1),
+    "workers": (1, 1),
+    "memory": (1, 2),
+    "history": (0, 1),
+    "backend": (1, 2),
+}
 """How many words each command takes ("1.5 GB" is two); the others take none."""
 
 
@@ -134,9 +149,31 @@ def parse(line: str) -> tuple[str, str | None]:
     return parsed.command, " ".join(words) if words else None
 
 
-def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | None:
+UseBackend = Callable[..., EngineManager]
+
+
+def _switch_backend(argument: str, use_backend: UseBackend) -> str:
+    name, _, address = argument.partition(" ")
+    if name not in ("ray", "loky") or (name == "loky" and address):
+        raise UsageError(f"`%nbbg backend` takes ray [address] or loky, not {argument!r}")
+    manager = use_backend(name, address or None)
+    cluster = getattr(manager, "cluster", None)
+    where = str(cluster()) if cluster is not None else f"{manager.max_workers} loky workers"
+    return f"nbbg: apps created from now on run their jobs on {where}"
+
+
+def run(
+    manager: EngineManager,
+    line: str,
+    show: Callable[[Any], None],
+    use_backend: UseBackend | None = None,
+) -> str | None:
     """Carry out one ``%nbbg`` line; return the text to print."""
     command, argument = parse(line)
+    if command == "backend":
+        if use_backend is None:
+            raise UsageError("`%nbbg backend` needs the nbbg extension loaded")
+        return _switch_backend(str(argument), use_backend)
     if command == "cancel":
         return cancel(str(argument))
     if command == "workers":
@@ -159,13 +196,15 @@ def run(manager: LokyManager, line: str, show: Callable[[Any], None]) -> str | N
     return status(manager)
 
 
-def register(ipython: Any, manager: LokyManager) -> Callable[[], None]:
-    """Add ``%nbbg`` to the shell; return the function that removes it."""
+def register(
+    ipython: Any, manager: Callable[[], EngineManager], use_backend: UseBackend | None = None
+) -> Callable[[], None]:
+    """Add ``%nbbg`` for the kernel's current ``manager()``; return the function that removes it."""
     from IPython.display import display
 
     def nbbg(line: str) -> None:
         try:
-            text = run(manager, line, display)
+            text = run(manager(), line, display, use_backend)
         except UsageError as problem:
             text = f"{problem}\n{USAGE}"
         except NbbgError as problem:

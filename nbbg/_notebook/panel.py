@@ -27,7 +27,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .._dash.manager import LokyManager
+from .._dash.loky_manager import LokyManager
 from .._engine.jobs import JobSnapshot
 from .._engine.records import JobRecord
 from .history_view import history_html

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from dash.background_callback.managers import BaseBackgroundCallbackManager
 
-from .._dash.manager import AppOrigin, LokyManager
+from .._dash.dash_jobs import AppOrigin
+from .._dash.manager import EngineManager
 from .._dash.private import background_manager
 from .._engine.jobs import JobSnapshot
 from .watch import DashManagerWatch
@@ -54,7 +55,7 @@ def shown_to(job: JobSnapshot, owner: int | None) -> bool:
 class ManagerSource:
     """One manager's jobs for one panel: nbbg's (pushed by its engine) or Dash's (watched)."""
 
-    def __init__(self, manager: LokyManager | DashManagerWatch, owner: int | None) -> None:
+    def __init__(self, manager: EngineManager | DashManagerWatch, owner: int | None) -> None:
         self._jobs_of, self.owner = manager, owner
 
     def jobs(self) -> list[JobSnapshot]:
@@ -65,16 +66,16 @@ class ManagerSource:
 
     def can_rerun(self, job: JobSnapshot) -> bool:
         """A finished job of nbbg's jobs API (``submit``): its record keeps its call."""
-        nbbg_job = isinstance(self._jobs_of, LokyManager) and job.origin is None
+        nbbg_job = isinstance(self._jobs_of, EngineManager) and job.origin is None
         return nbbg_job and not job.state.active
 
     def rerun(self, job_id: str) -> str:
-        if not isinstance(self._jobs_of, LokyManager):
-            raise TypeError("only nbbg's LokyManager keeps what it needs to re-run a job")
+        if not isinstance(self._jobs_of, EngineManager):
+            raise TypeError("only nbbg's managers keep what they need to re-run a job")
         return self._jobs_of.rerun(job_id)
 
     def subscribe(self, on_change: Listener) -> Callable[[], None]:
-        if isinstance(self._jobs_of, LokyManager):
+        if isinstance(self._jobs_of, EngineManager):
             return self._jobs_of.subscribe(lambda _event: on_change())
         return self._jobs_of.add_listener(on_change)
 
@@ -103,14 +104,14 @@ def release_watches() -> None:
 
 
 def source_for(manager: BaseBackgroundCallbackManager, owner: int | None) -> JobSource:
-    if isinstance(manager, LokyManager):
+    if isinstance(manager, EngineManager):
         return ManagerSource(manager, owner)
     return ManagerSource(watch(manager), owner)
 
 
 def usable(manager: Any) -> bool:
     """A manager the panel can show: not a shut-down nbbg manager."""
-    if isinstance(manager, LokyManager):
+    if isinstance(manager, EngineManager):
         return not manager.engine.closed
     return isinstance(manager, BaseBackgroundCallbackManager)
 

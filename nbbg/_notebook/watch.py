@@ -21,7 +21,7 @@ from typing import Any
 
 from dash.background_callback.managers import BaseBackgroundCallbackManager
 
-from .._dash.manager import AppOrigin, trigger_label
+from .._dash.dash_jobs import AppOrigin, trigger_label
 from .._dash.private import progress_key, serving_app_id
 from .._engine.events import EventHub
 from .._engine.jobs import Job, JobFailure, JobSnapshot, JobState

@@ -1,7 +1,8 @@
-"""The five examples of Dash's background-callbacks page, on LokyManager, in Chromium.
+"""The five examples of Dash's background-callbacks page, on Loky- and RayManager, in Chromium.
 
 Each test builds the example as the page does (only the manager line differs)
-and asserts what a person sees in the browser.
+and asserts what a person sees in the browser. ``manager`` is each of the two
+managers in turn (``any_manager``: Ray starts once for this module).
 """
 
 from __future__ import annotations
@@ -9,10 +10,16 @@ from __future__ import annotations
 import time
 
 import plotly.graph_objects as go
+import pytest
 from dash import Dash, Input, Output, dcc, html
 
 import nbbg
 from tests.support.helpers import wait_until
+
+
+@pytest.fixture
+def manager(any_manager: nbbg.LokyManager) -> nbbg.LokyManager:
+    return any_manager
 
 
 def _buttons_layout(*extra):

@@ -89,7 +89,7 @@ def test_jobs_progress_and_cancel_through_the_fallbacks(
     seen = without_linux_only_features
     manager = nbbg.LokyManager(max_workers=2, cache=str(store_dir))
     try:
-        address = manager.engine._listener.address
+        address = manager.engine.backend.listener_address  # type: ignore[attr-defined]
         if _platform.CONNECTION_FAMILY == "AF_INET":
             assert address[0] == "127.0.0.1" and address[1] > 0
         else:
