@@ -11,7 +11,7 @@
             -> first job 1 s after page load; 100 MB global calls; SIGKILL, count
     -> bench/out/results-<time>.json (raw samples) and the table on stdout
 
-Usage: ``python -m bench [--quick] [--reps N] [--managers loky,diskcache,celery,floor]``.
+Usage: ``python -m bench [--quick] [--reps N] [--managers loky,diskcache,celery,floor,ray]``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # ``python bench/run.py``
 
 from bench import metrics, report
 from bench.servers import (
+    DEFAULT_MANAGERS,
     LABELS,
     MANAGERS,
     RedisServer,
@@ -173,8 +174,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--managers",
-        default=",".join(MANAGERS),
-        help="comma-separated subset of loky,diskcache,celery,floor (default: all)",
+        default=",".join(DEFAULT_MANAGERS),
+        help="comma-separated subset of loky,diskcache,celery,floor,ray (default: all but ray)",
     )
     parser.add_argument("--no-big", action="store_true", help="skip the 100 MB global servers")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for JSON and logs")

@@ -37,6 +37,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_SCRIPT = REPO_ROOT / "bench" / "apps.py"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MANAGERS = ("loky", "diskcache", "celery", "floor", "ray")
+DEFAULT_MANAGERS = ("loky", "diskcache", "celery", "floor")
+"""What ``python -m bench`` compares unless told otherwise: Ray (its own ~20 s start and
+~700 MiB) joins with ``--managers ...,ray``; ``python -m bench.ray_rows`` has its rows."""
 LABELS = {
     "loky": "LokyManager",
     "ray": "RayManager",
