@@ -210,14 +210,8 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _rerun(self, job_id: str) -> None:
         """A finished jobs-API row's Re-run button (kernel main thread)."""
         source = self._source_of.get(job_id)
-        if source is None:
-            return
-        try:
-            source.rerun(job_id)
-            self._problem = ""
-        except Exception as exc:  # noqa: BLE001 - shown in the panel, not as a traceback
-            self._problem = f"re-run failed: {type(exc).__name__}: {exc}"
-        self.mark_dirty()
+        if source is not None:
+            self._act("re-run", lambda: source.rerun(job_id))
 
     def _cancel(self, job_id: str) -> None:
         """A row's Cancel button (runs on the kernel's main thread: keep it short)."""
@@ -234,11 +228,15 @@ class JobsPanel(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                     self._cancel_on(source, job.id)
 
     def _cancel_on(self, source: JobSource, job_id: str) -> None:
+        self._act("cancel", lambda: source.cancel(job_id))
+
+    def _act(self, what: str, action: Callable[[], object]) -> None:
+        """Run a button's action; a failure shows in the panel's footer, not as a traceback."""
         try:
-            source.cancel(job_id)
+            action()
             self._problem = ""
-        except Exception as exc:  # noqa: BLE001 - shown in the panel, not as a traceback
-            self._problem = f"cancel failed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - shown in the panel
+            self._problem = f"{what} failed: {type(exc).__name__}: {exc}"
         self.mark_dirty()
 
     # ------------------------------------------------------------ text and life
