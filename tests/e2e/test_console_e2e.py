@@ -14,16 +14,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from tests.support.helpers import REPO, free_port
 from tests.support.jupyterlab_helpers import (
-    VIEWPORT,
     JobsPanel,
     JupyterLab,
     NotebookView,
     jupyter_lab,
-    launch_chromium,
     screenshot_on_failure,
     wait_in_browser,
 )
@@ -50,16 +48,6 @@ def lab(tmp_path: Path) -> Iterator[tuple[JupyterLab, str]]:
     nbformat.write(notebook, target / NOTEBOOK)
     with jupyter_lab(target, tmp_path / "jupyter") as server:
         yield server, f"http://127.0.0.1:{app_port}/"
-
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            yield browser.new_context(viewport=VIEWPORT).new_page()
-        finally:
-            browser.close()
 
 
 def test_app_and_panel_read_as_one_and_a_row_opens_on_its_output(

@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from tests.support.helpers import REPO, free_port, pid_gone, wait_until
 from tests.support.jupyterlab_helpers import (
-    VIEWPORT,
     AppView,
     JobsPanel,
     JupyterLab,
@@ -26,7 +25,6 @@ from tests.support.jupyterlab_helpers import (
     copy_tour,
     jupyter_lab,
     kernel_workers,
-    launch_chromium,
     screenshot_on_failure,
     wait_in_browser,
 )
@@ -53,16 +51,6 @@ def lab(tmp_path: Path) -> Iterator[tuple[JupyterLab, str]]:
     copy_tour(NOTEBOOKS, tmp_path / "notebooks", app_port, STEP_SECONDS)
     with jupyter_lab(tmp_path / "notebooks", tmp_path / "jupyter") as server:
         yield server, f"http://127.0.0.1:{app_port}/"
-
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            yield browser.new_context(viewport=VIEWPORT).new_page()
-        finally:
-            browser.close()
 
 
 def wait_both_bars_rise(app: TourApp, panel: JobsPanel, job: str) -> tuple[AppView, RowView]:
