@@ -1,9 +1,13 @@
-"""The progress channel: worker processes -> kernel, one socket per worker.
+"""The worker channel: one socket per worker, between it and the kernel.
 
 Each worker opens one ``multiprocessing.connection`` to the kernel's
 listener (a Linux abstract AF_UNIX socket; elsewhere the family
-multiprocessing picks, see ``platform``; an authkey guards it either way) and
-sends :class:`Report` messages. A job's ``set_progress`` only stores the latest
+multiprocessing picks, see ``platform``; an authkey guards it either way),
+says which worker it is (``HELLO``) and sends :class:`Report` messages. The
+loky backend also uses it the other way: it writes each job's pickled
+``JobSpec`` to the worker's socket and the worker answers with an
+``OUTCOME`` report after the job's last progress, so a job crosses no thread
+of the kernel on its way out, and its outcome can never overtake its reports. A job's ``set_progress`` only stores the latest
 value and, when the flush thread sleeps, wakes it; the flush thread sends
 the latest value at once, then rests ``FLUSH_INTERVAL``. So the job never
 blocks on the kernel, a lone update leaves the worker within a thread switch,
@@ -47,6 +51,8 @@ class ReportKind(enum.Enum):
     OUTPUT = "output"
     BAD_PROGRESS = "bad_progress"
     WORKER = "worker"  # the job's worker process is known only once it runs (Ray): its pid
+    HELLO = "hello"  # a worker's first message: its token (which slot's worker it is)
+    OUTCOME = "outcome"  # the job's ``WorkerOutcome``, after its last report
 
 
 class Report(NamedTuple):
@@ -66,11 +72,18 @@ class ProgressListener:
 
     Each connection has its own reader thread, which owns it and closes it when
     the worker goes away (the engine kills its workers before closing this).
+    A connection that opens with a ``HELLO`` is handed to ``on_hello`` with the
+    worker's token, so its owner can write to the worker too.
     """
 
-    def __init__(self, on_message: Callable[[Report], None]) -> None:
+    def __init__(
+        self,
+        on_message: Callable[[Report], None],
+        on_hello: Callable[[str, Connection], None] | None = None,
+    ) -> None:
         self.authkey = os.urandom(32)
         self._on_message = on_message
+        self._on_hello = on_hello
         self._listener = Listener(listener_address(), authkey=self.authkey)
         self.address: Any = self._listener.address  # the bound one (a port picked by the OS)
         self._closed = False
@@ -105,6 +118,10 @@ class ProgressListener:
                     LOGGER.exception("nbbg: a progress message could not be read")
                     continue
                 try:
+                    if message.kind is ReportKind.HELLO:
+                        if self._on_hello is not None:
+                            self._on_hello(message.payload, conn)
+                        continue
                     self._on_message(message)
                 except Exception:
                     LOGGER.exception("nbbg: error while handling a progress message")
@@ -186,12 +203,29 @@ class JobReporter:
 class ProgressSender:
     """Worker side: one connection to the kernel and the flush thread."""
 
-    def __init__(self, address: Any, authkey: bytes) -> None:
+    def __init__(self, address: Any, authkey: bytes, token: str = "") -> None:
         self._conn = Client(address, authkey=authkey)  # the family follows from the address
         self._send_lock = threading.Lock()
         self._active: JobReporter | None = None
         self._wake = threading.Event()
+        self.token = token
+        self._conn.send(Report(ReportKind.HELLO, "", token))
         threading.Thread(target=self._flush_loop, name="nbbg-flush", daemon=True).start()
+
+    def receive(self) -> bytes:
+        """The next message the kernel wrote to this worker (a pickled job); blocks."""
+        try:
+            return self._conn.recv_bytes()
+        except (EOFError, OSError):
+            os._exit(0)  # the kernel is gone: nobody is left to serve
+
+    def send_outcome(self, job_id: str, outcome: Any) -> None:
+        """Report how a job ended, after every report of it (``end`` flushed them)."""
+        with self._send_lock:
+            try:
+                self._conn.send(Report(ReportKind.OUTCOME, job_id, (self.token, outcome)))
+            except (BrokenPipeError, ConnectionResetError, EOFError):
+                os._exit(0)
 
     def begin(self, job_id: str) -> JobReporter:
         reporter = JobReporter(job_id, self._wake)

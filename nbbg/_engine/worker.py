@@ -111,7 +111,7 @@ def _watch_owner(owner_pid: int) -> None:
             os._exit(0)
 
 
-def initialize(owner_pid: int, channel_address: Any, authkey: bytes) -> None:
+def initialize(owner_pid: int, channel_address: Any, authkey: bytes, token: str = "") -> None:
     global _state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The kernel spawned us with SIGINT blocked; a pending one is now dropped.
@@ -120,7 +120,7 @@ def initialize(owner_pid: int, channel_address: Any, authkey: bytes) -> None:
     threading.Thread(
         target=_watch_owner, args=(owner_pid,), name="nbbg-watchdog", daemon=True
     ).start()
-    _state = _WorkerState(ProgressSender(channel_address, authkey))
+    _state = _WorkerState(ProgressSender(channel_address, authkey, token))
     install_capture()  # the job's print/logging/warnings go to the job (capture.py)
 
 
@@ -299,6 +299,29 @@ def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure |
 
 
 Saver = Callable[[_WorkerState, JobSpec, Any], "JobFailure | None"]
+
+
+def serve_jobs() -> None:
+    """Run the jobs the kernel writes to this worker's socket, one at a time, for ever.
+
+    loky runs this as one long task after ``warm_up``: each job then costs one
+    write and one read on the socket, and none of loky's per-task threads in
+    the kernel. The worker ends when it is killed (cancel) or the kernel is gone.
+    """
+    state = _state
+    assert state is not None, "nbbg worker used without its initializer"
+    sender = state.sender
+    assert isinstance(sender, ProgressSender)
+    while True:
+        data = sender.receive()
+        try:
+            spec: JobSpec = pickle.loads(data)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class the worker cannot import
+            message = f"the job could not be read in the worker: {describe_exception(exc)}"
+            failure = JobFailure(message, _format_traceback(exc))
+            sender.send_outcome("", WorkerOutcome("error", 0, failure))
+            continue
+        sender.send_outcome(spec.job_id, run_job(spec))
 
 
 def run_job(spec: JobSpec, save: Saver = _save_result) -> WorkerOutcome:
