@@ -7,14 +7,16 @@ says which worker it is (``HELLO``) and sends :class:`Report` messages. The
 loky backend also uses it the other way: it writes each job's pickled
 ``JobSpec`` to the worker's socket and the worker answers with an
 ``OUTCOME`` report after the job's last progress, so a job crosses no thread
-of the kernel on its way out, and its outcome can never overtake its reports. A job's ``set_progress`` only stores the latest
-value and, when the flush thread sleeps, wakes it; the flush thread sends
-the latest value at once, then rests ``FLUSH_INTERVAL``. So the job never
-blocks on the kernel, a lone update leaves the worker within a thread switch,
-and a job that reports in a tight loop sends at most ~500 messages a second
-(fewer when CPU-bound: the flush thread then waits for the GIL's 5 ms switch
-interval). Writing every value to Redis, as CeleryManager does, costs the job
-~130 µs a call; this costs ~0.1 µs (bench/RESULTS.md).
+of the kernel on its way out, and its outcome can never overtake its reports.
+
+A job's ``set_progress`` only stores the latest value and, when the flush
+thread sleeps, wakes it; the flush thread sends the latest value at once,
+then rests ``FLUSH_INTERVAL``. So the job never blocks on the kernel, a lone
+update leaves the worker within a thread switch, and a job that reports in a
+tight loop sends at most ~500 messages a second (fewer when CPU-bound: the
+flush thread then waits for the GIL's 5 ms switch interval). Writing every
+value to Redis, as CeleryManager does, costs the job ~130 µs a call; this
+costs ~0.1 µs (bench/RESULTS.md).
 
 A report is a :class:`ReportKind` (``PROGRESS``: the latest value;
 ``PROPS``: merged ``set_props`` updates; ``OUTPUT``: the lines the job wrote

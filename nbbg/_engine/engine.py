@@ -37,6 +37,7 @@ from .._errors import (
 from . import worker
 from .backend import Backend, BackendFactory, WorkerHandle
 from .channel import Report
+from .chores import Chores
 from .collect import Collector
 from .dispatch import MESSAGE_GRACE, Dispatcher, Effects
 from .events import EngineHooks, EventHub, Subscriber
@@ -79,6 +80,7 @@ class Engine:
         self._functions = FunctionRegistry()
         self._kernel_state = KernelStateTracker()
         self._closed = False
+        self._chores = Chores("nbbg-spawn")  # replacement workers start there
         factory: BackendFactory = LokyBackend if backend is None else backend
         self.backend: Backend = factory(self._on_report, warm_modules, store)
         self._table = JobTable(history)
@@ -317,6 +319,7 @@ class Engine:
             self._changed.notify_all()
         self.backend.close()
         self._carry_out(fx)
+        self._chores.close()
 
     @property
     def closed(self) -> bool:
@@ -361,9 +364,7 @@ class Engine:
         if fx.forgotten:
             self._drop_results(fx.forgotten)
         if fx.spawn:
-            threading.Thread(
-                target=self._respawn, args=(list(fx.spawn),), name="nbbg-spawn", daemon=True
-            ).start()
+            self._chores.run_soon(self._respawn, list(fx.spawn))
         self._events.publish(fx.events)
 
     def _respawn(self, slots: list[Slot]) -> None:

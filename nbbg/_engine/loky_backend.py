@@ -129,7 +129,8 @@ class LokyWorker:
         pid = self.pid()
         if pid is not None:
             kill_process(pid)
-        _shutdown_in_background(self.executor)
+        # Not waiting: loky's manager thread sees the worker gone and cleans up.
+        self.executor.shutdown(wait=False, kill_workers=True)
         return pid
 
 
@@ -194,13 +195,3 @@ def _send_quietly(conn: Connection, data: bytes) -> None:
         conn.send_bytes(data)
     except OSError:
         pass
-
-
-def _shutdown_in_background(executor: ProcessPoolExecutor) -> None:
-    # loky's shutdown joins its manager thread; never make the caller wait.
-    threading.Thread(
-        target=executor.shutdown,
-        kwargs={"wait": True, "kill_workers": True},
-        name="nbbg-retire-worker",
-        daemon=True,
-    ).start()
