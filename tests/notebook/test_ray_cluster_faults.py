@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -115,8 +116,7 @@ def test_a_killed_kernel_leaves_no_task_of_its_own_on_the_cluster(
     with kernel(tmp_path) as session:
         session.run(
             "import nbbg, ray\n"
-            f"manager = nbbg.RayManager(address={cluster.address!r}, max_workers=1)\n"
-            "print(ray.get_runtime_context().get_job_id())",
+            f"manager = nbbg.RayManager(address={cluster.address!r}, max_workers=1)",
             timeout=WAIT,
         )
         job_id = session.run("print(ray.get_runtime_context().get_job_id())").stdout.strip()
@@ -131,20 +131,27 @@ def test_a_killed_kernel_leaves_no_task_of_its_own_on_the_cluster(
         )
         worker = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), WAIT, "job"))
 
-        def running() -> list[dict[str, object]]:
+        def tasks() -> list[dict[str, Any]]:
             # Like list_tasks, without the driver's own entry (the kernel itself:
             # the GCS marks it failed ~15 s after the job ends).
+            found = cluster_tasks(cluster.address, job_id)
+            return [task for task in found if task["type"] != "DRIVER_TASK"]
+
+        def running(name: str | None = None) -> list[dict[str, Any]]:
             return [
                 task
-                for task in cluster_tasks(cluster.address, job_id)
-                if task["type"] != "DRIVER_TASK" and task["state"] == "RUNNING"
+                for task in tasks()
+                if task["state"] == "RUNNING" and name in (None, task["name"])
             ]
 
-        seen = wait_until(running, 30, "the job's task to show as running", 0.2)
+        seen = wait_until(lambda: running("run_streaming"), 30, "the job's task as running", 0.2)
         assert [task["worker_pid"] for task in seen] == [worker], seen
+        # The warm-up task may have had a worker process of its own (2 CPUs): it must go too.
+        workers = {task["worker_pid"] for task in tasks() if task["worker_pid"]}
 
         os.kill(session.pid, signal.SIGKILL)
         wait_until(lambda: pid_gone(worker), 30, "the job's worker process to end", 0.05)
+        wait_until(lambda: all(pid_gone(pid) for pid in workers), 30, "the kernel's workers to end")
         wait_until(lambda: not running(), 30, "no task of the dead kernel running", 0.2)
         ended = {task["name"]: task["state"] for task in cluster_tasks(cluster.address, job_id)}
         assert ended.get("run_streaming") == "FAILED", ended
