@@ -268,6 +268,30 @@ class RayUnreachableError(NbbgError, ConnectionError):
         )
 
 
+class RayVersionMismatchError(NbbgError, RuntimeError):
+    """The cluster runs another Python or Ray than the kernel (its workers could not run jobs)."""
+
+    def __init__(
+        self,
+        address: str,
+        cluster: tuple[str, str],
+        kernel: tuple[str, str],
+    ) -> None:
+        self.address = address
+        self.cluster_python, self.cluster_ray = cluster
+        self.kernel_python, self.kernel_ray = kernel
+        pairs = (("Python", cluster[0], kernel[0]), ("Ray", cluster[1], kernel[1]))
+        differ = " and ".join(name for name, theirs, ours in pairs if theirs != ours)
+        super().__init__(
+            f"the Ray cluster at {address!r} runs Python {cluster[0]} and Ray {cluster[1]}, "
+            f"this kernel Python {kernel[0]} and Ray {kernel[1]}: their {differ or 'Python'} "
+            "versions differ (Ray refuses to mix them, and a job pickled by one Python may "
+            "not load in another). Install the cluster's Python and Ray versions in this "
+            "kernel's environment, or start the cluster from this kernel's environment. "
+            "Nothing was changed"
+        )
+
+
 class RayTaskLostError(NbbgError, RuntimeError):
     """The Ray task running a job ended without the job's outcome."""
 

@@ -28,7 +28,9 @@ class RayManager(EngineManager):
     :param address: ``None`` starts a local Ray bound to 127.0.0.1 (or uses
         the one ``ray.init`` already started in this process); ``"auto"``,
         ``"host:6379"`` or ``"ray://host:10001"`` joins a running cluster. An
-        address that does not answer raises ``RayUnreachableError`` at once.
+        address that does not answer raises ``RayUnreachableError`` at once,
+        a cluster started with another Python or Ray than the kernel's
+        ``RayVersionMismatchError`` (naming both), before anything changes.
     :param max_workers: jobs that run at once (default: the cluster's CPUs);
         more wait in nbbg's FIFO queue.
     :param cache, cache_by, expire, prewarm: as for ``LokyManager``; results

@@ -33,7 +33,7 @@ import diskcache
 from cachetools import LRUCache
 
 from .._errors import RayNotInstalledError, RayTaskLostError, RayUnreachableError, StoreError
-from . import parcels, ray_task
+from . import parcels, ray_task, ray_versions
 from .backend import OnReport
 from .channel import Report, ReportKind
 from .jobs import JobFailure
@@ -74,7 +74,8 @@ def connect(address: str | None, init_kwargs: dict[str, Any]) -> bool:
     """Join (or start) Ray; True if this call started or joined it (``ray.init``).
 
     An ``address`` of ``host:port`` is checked with a plain TCP connect first:
-    ``ray.init`` would otherwise retry an unreachable one for minutes.
+    ``ray.init`` would otherwise retry an unreachable one for minutes; then the
+    cluster's Python and Ray versions against the kernel's (``ray_versions``).
     A local Ray (``address=None``) binds to 127.0.0.1 with no dashboard unless
     ``init_kwargs`` say otherwise. Ray's own settings (``RAY_ADDRESS``,
     ``RAY_USAGE_STATS_ENABLED``...) are left as the user has them.
@@ -84,6 +85,7 @@ def connect(address: str | None, init_kwargs: dict[str, Any]) -> bool:
         return False
     if address is not None:
         _check_reachable(address)
+        ray_versions.check(ray, address, CONNECT_TIMEOUT)
     kwargs = dict(init_kwargs)
     if address is None:
         kwargs.setdefault("_node_ip_address", "127.0.0.1")
@@ -94,6 +96,11 @@ def connect(address: str | None, init_kwargs: dict[str, Any]) -> bool:
         # (ray.init() alone joins the one in /tmp/ray/ray_current_cluster).
         ray.init(address=address if address is not None else "local", **kwargs)
     except Exception as exc:
+        mismatch = ray_versions.rephrase(str(address), exc) if address is not None else None
+        if mismatch is not None:
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # whatever ray.init had set up before it checked
+            raise mismatch from exc
         detail = describe_exception(exc)
         if address is not None and "RAY_AUTH_MODE" not in os.environ:
             detail += (

@@ -1,16 +1,38 @@
-"""Dash's background-callback features on LokyManager, checked in Chromium."""
+"""Dash's background-callback features on LokyManager and RayManager, checked in Chromium.
+
+``manager`` is each manager in turn (``any_manager``: one local Ray on
+127.0.0.1 for this module, started once); the tests that build their own
+manager (a ``cache_by`` store, a second manager on the same directory) take
+the manager's class from ``manager_class``, over the same two.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import diskcache
+import pytest
 from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update, set_props
 from dash.exceptions import PreventUpdate
 
 import nbbg
 from tests.conftest import wait_until
+
+
+@pytest.fixture
+def manager(any_manager: nbbg.LokyManager) -> nbbg.LokyManager:
+    return any_manager
+
+
+@pytest.fixture(params=["loky", "ray"])
+def manager_class(request: pytest.FixtureRequest) -> Any:
+    """``LokyManager``, then ``RayManager`` (on the module's local Ray)."""
+    if request.param == "ray":
+        request.getfixturevalue("local_ray")
+        return nbbg.RayManager
+    return nbbg.LokyManager
 
 
 def _show_errors_in(element_id: str):
@@ -79,9 +101,11 @@ def test_set_props_between_two_polls_all_arrive(dash_duo, manager: nbbg.LokyMana
     dash_duo.wait_for_text_to_equal("#out", "done", timeout=10)
 
 
-def test_cache_by_answers_from_store_then_expires(dash_duo, tmp_path: Path) -> None:
+def test_cache_by_answers_from_store_then_expires(
+    dash_duo, tmp_path: Path, manager_class: Any
+) -> None:
     runs = diskcache.Cache(str(tmp_path / "runs"))
-    manager = nbbg.LokyManager(max_workers=1, cache=str(tmp_path / "store"), expire=5)
+    manager = manager_class(max_workers=1, cache=str(tmp_path / "store"), expire=5)
     manager.cache_by = lambda: "v1"  # Dash apps assign it after construction
     try:
         app = Dash(__name__, background_callback_manager=manager)
@@ -116,9 +140,11 @@ def test_cache_by_answers_from_store_then_expires(dash_duo, tmp_path: Path) -> N
         manager.shutdown()
 
 
-def test_cache_entries_survive_a_new_manager_on_the_same_directory(tmp_path: Path) -> None:
+def test_cache_entries_survive_a_new_manager_on_the_same_directory(
+    tmp_path: Path, manager_class: Any
+) -> None:
     store = str(tmp_path / "store")
-    first = nbbg.LokyManager(max_workers=1, cache=store, cache_by=[lambda: 1])
+    first = manager_class(max_workers=1, cache=store, cache_by=[lambda: 1])
     job_fn = first.make_job_fn(lambda x: x * 2, False)
     key = "k" * 64
     job = first.call_job_fn(key, job_fn, [21], {})
@@ -126,7 +152,7 @@ def test_cache_entries_survive_a_new_manager_on_the_same_directory(tmp_path: Pat
     assert first.get_result(key, job) == 42
     first.shutdown()
 
-    second = nbbg.LokyManager(max_workers=1, cache=store, cache_by=[lambda: 1], prewarm=False)
+    second = manager_class(max_workers=1, cache=store, cache_by=[lambda: 1], prewarm=False)
     try:
         hit = second.call_job_fn(key, job_fn, [21], {})
         assert second.job(hit).cache_hit and second.job(hit).state is nbbg.JobState.DONE
