@@ -7,6 +7,7 @@ loop is bounded in count, and every wait in time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import statistics
 import threading
@@ -28,7 +29,7 @@ SETTLE_SECONDS = 1.0
 class Settings:
     reps: int = 3
     warm_jobs: int = 5
-    turnaround_jobs: int = 20
+    turnaround_jobs: int = 60
     throughput_jobs: int = 100
     throughput_threads: int = 8
     progress_updates: int = 200
@@ -135,9 +136,24 @@ def startup_settled(server: Server, settings: Settings) -> Samples:
 
 def turnaround(server: Server, settings: Settings) -> Samples:
     """No-op job, submit -> result, polling every 2 ms (the callback's interval)."""
-    with DashClient.open(server.url) as client:
-        results = [_noop(client, settings.job_timeout) for _ in range(settings.turnaround_jobs)]
-    return {"ms": [_ms(r) for r in results]}
+    return turnaround_interleaved({"one": server}, settings)["one"]
+
+
+def turnaround_interleaved(servers: dict[str, Server], settings: Settings) -> dict[str, Samples]:
+    """``turnaround`` on every server at once, one job each in turn (the order alternating).
+
+    A ratio of two managers' turnarounds then rests on jobs run within
+    milliseconds of each other: the load of a shared machine, which drifts over
+    seconds, weighs on both alike instead of on whichever ran during a busy spell.
+    """
+    with contextlib.ExitStack() as stack:
+        clients = {name: stack.enter_context(DashClient.open(s.url)) for name, s in servers.items()}
+        names = list(clients)
+        ms: dict[str, list[float | None]] = {name: [] for name in names}
+        for index in range(settings.turnaround_jobs):
+            for name in names if index % 2 == 0 else reversed(names):
+                ms[name].append(_ms(_noop(clients[name], settings.job_timeout)))
+    return {name: {"ms": samples} for name, samples in ms.items()}
 
 
 def _throughput(server: Server, settings: Settings, trigger: str, output: str) -> Samples:
@@ -412,6 +428,11 @@ METRICS: dict[str, Callable[[Server, Settings], Samples]] = {
     "busy": busy,
 }
 """Run in this order on each server of a repetition (``startup`` runs at its start)."""
+
+INTERLEAVED: dict[str, Callable[[dict[str, Server], Settings], dict[str, Samples]]] = {
+    "turnaround": turnaround_interleaved,
+}
+"""Metrics measured on all of a repetition's servers at once, job by job in turn."""
 
 NOT_MEASURED: dict[str, frozenset[str]] = {"floor": frozenset({"cancel", "refire", "busy"})}
 """Metrics a manager cannot take part in: the floor's threads cannot be cancelled

@@ -2,7 +2,7 @@
 
 ::
 
-    submit() ──► JobTable.queued ──► Dispatcher ──► free Slot ──► loky worker: run_job
+    submit() ──► JobTable.queued ──► Dispatcher ──► free Slot ──► loky worker: serve_jobs
                      ▲                      │                          │     │
     cancel() ────────┘ drop if queued,      │                          │     └─ result ─► store
                        else kill the slot ──┤ (its new worker          │

@@ -333,3 +333,59 @@ def test_progress_the_kernel_cannot_read_does_not_hang_the_job(
     job_id = manager.call_job_fn("k" * 64, job_fn, [str(tmp_path)], {})
     assert manager.wait(job_id, timeout=20) == "finished"
     assert manager.get_progress("k" * 64) is None
+
+
+def test_a_kernel_exiting_with_a_job_running_exits_at_once_and_leaves_no_workers(
+    tmp_path,
+) -> None:
+    """The kernel's interpreter ends (restart, end of a script) without ``shutdown()``.
+
+    loky's exit hook waits for running tasks; a worker's job loop never ends by
+    itself, so nbbg has loky kill the workers: the process must not wait out its
+    60 s job.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        "import time, nbbg\n"
+        f"m = nbbg.LokyManager(max_workers=2, cache={str(tmp_path / 'store')!r})\n"
+        "job = m.submit(time.sleep, 60)\n"
+        "while m.job(job).state is not nbbg.JobState.RUNNING: time.sleep(0.05)\n"
+        "print(' '.join(str(w.pid) for w in m.workers()), flush=True)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2
+        assert owner.wait(20) == 0, "the interpreter waited for its running job"
+        wait_until(lambda: all(pid_gone(p) for p in pids), timeout=5.0, what="workers to exit")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
+
+CHUNK = 40 * 1024
+"""Under shipping's EXTERNAL_MIN_BYTES: each global goes inline, in the job's spec."""
+
+
+def test_a_job_whose_spec_is_larger_than_a_socket_write_runs_right(
+    manager: nbbg.LokyManager,
+) -> None:
+    """A spec over 32 KiB (``loky_backend.SEND_INLINE_LIMIT``) goes to its worker from a thread."""
+    namespace = {"__name__": "__main__", "CHUNK": CHUNK}
+    exec(
+        "import os\n"
+        "FIRST, SECOND, THIRD = os.urandom(CHUNK), os.urandom(CHUNK), os.urandom(CHUNK)\n"
+        "def digest(extra):\n"
+        "    import hashlib\n"
+        "    return extra, hashlib.sha256(FIRST + SECOND + THIRD).hexdigest()\n",
+        namespace,
+    )
+    import hashlib
+
+    expected = hashlib.sha256(namespace["FIRST"] + namespace["SECOND"] + namespace["THIRD"])
+    jobs = [manager.submit(namespace["digest"], n) for n in range(4)]
+    assert [manager.wait(j, timeout=30) for j in jobs] == [
+        (n, expected.hexdigest()) for n in range(4)
+    ]
