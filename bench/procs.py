@@ -90,6 +90,9 @@ _SIGKILL_BIT = 1 << (9 - 1)
 def _status(pid: int) -> tuple[str, bool] | None:
     """``(state letter, SIGKILL pending)`` from ``/proc/<pid>/status``; None if gone.
 
+    The state is "R" when any thread of the process is runnable: a Ray task runs
+    the job on a thread of its own while the process's main thread sleeps, and
+    the main thread's state alone read as "stopped" within a sample of the cancel.
     Read directly: psutil costs several times more per sample, and the
     sampling loop shares the machine with what it measures.
     """
@@ -102,7 +105,26 @@ def _status(pid: int) -> tuple[str, bool] | None:
     if b"State" not in fields:
         return None
     pending = int(fields[b"SigPnd"], 16) | int(fields[b"ShdPnd"], 16)
-    return fields[b"State"].strip()[:1].decode(), bool(pending & _SIGKILL_BIT)
+    state = fields[b"State"].strip()[:1].decode()
+    if state != "R" and _any_thread_runnable(pid):
+        state = "R"
+    return state, bool(pending & _SIGKILL_BIT)
+
+
+def _any_thread_runnable(pid: int) -> bool:
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat", "rb") as stat:
+                # "pid (comm) S ...": the state follows the last ")" (comm may hold one).
+                if stat.read().rpartition(b")")[2].split(None, 1)[0] == b"R":
+                    return True
+        except (OSError, IndexError):
+            continue
+    return False
 
 
 def wait_until_idle(pid: int, since: float, timeout: float = 5.0) -> float | None:
