@@ -68,7 +68,10 @@ def build_app(manager: nbbg.LokyManager, pid_dir: Path) -> Dash:
         **background,
     )
     def slow(token: int, seconds: float) -> dict[str, Any]:
-        (pid_dir / f"{token}.pid").write_text(str(os.getpid()))
+        # Written whole, then renamed: the test reads it as soon as the name exists.
+        partial = pid_dir / f"{token}.pid.partial"
+        partial.write_text(str(os.getpid()))
+        os.replace(partial, pid_dir / f"{token}.pid")
         time.sleep(seconds)
         return {"token": token}
 
