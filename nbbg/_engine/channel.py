@@ -205,7 +205,7 @@ class JobReporter:
 class ProgressSender:
     """Worker side: one connection to the kernel and the flush thread."""
 
-    def __init__(self, address: Any, authkey: bytes, token: str = "") -> None:
+    def __init__(self, address: Any, authkey: bytes, token: str) -> None:
         self._conn = Client(address, authkey=authkey)  # the family follows from the address
         self._send_lock = threading.Lock()
         self._active: JobReporter | None = None

@@ -17,6 +17,7 @@ the worker's reports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import threading
@@ -109,13 +110,13 @@ class LokyWorker:
         # Only the worker's death or the executor's shutdown ends serve_jobs. A
         # shutdown is ours (``kill``: the engine has moved on) or the interpreter
         # exiting: neither is news to the job, and replacing the worker then fails.
-        if isinstance(serving.exception(), ShutdownExecutorError):
+        exc = serving.exception()
+        if isinstance(exc, ShutdownExecutorError):
             return
         with self._lock:
             future, self._pending = self._pending, None
         if future is None or future.done():
             return
-        exc = serving.exception()
         future.set_exception(exc or RuntimeError("the worker stopped serving jobs"))
 
     def pid(self) -> int | None:
@@ -186,12 +187,11 @@ def _pickle_spec(spec: JobSpec) -> bytes:
     cloudpickle took ~25 µs of a ~170 µs submit for it; it stays the fallback for
     a runner the C pickler cannot send by reference (a lambda, one of ``__main__``).
     """
-    try:
+    data: bytes | None = None
+    with contextlib.suppress(Exception):  # whatever cloudpickle can send by value
         data = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - whatever cloudpickle can send by value
-        return bytes(cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
-    if b"__main__" in data:
-        return bytes(cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
+    if data is None or b"__main__" in data:
+        data = bytes(cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
     return data
 
 
@@ -207,7 +207,5 @@ def _write(conn: Connection, data: bytes) -> None:
 
 def _send_quietly(conn: Connection, data: bytes) -> None:
     # A worker killed meanwhile: its death fails the job (``_stopped_serving``).
-    try:
+    with contextlib.suppress(OSError):
         conn.send_bytes(data)
-    except OSError:
-        pass

@@ -111,7 +111,7 @@ def _watch_owner(owner_pid: int) -> None:
             os._exit(0)
 
 
-def initialize(owner_pid: int, channel_address: Any, authkey: bytes, token: str = "") -> None:
+def initialize(owner_pid: int, channel_address: Any, authkey: bytes, token: str) -> None:
     global _state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The kernel spawned us with SIGINT blocked; a pending one is now dropped.

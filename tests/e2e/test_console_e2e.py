@@ -57,11 +57,9 @@ def test_app_and_panel_read_as_one_and_a_row_opens_on_its_output(
     shots = tmp_path / "screenshots"
     notebook = NotebookView(page)
     with screenshot_on_failure(page, shots / "failure.png"):
-        page.goto(server.url(f"lab/tree/{NOTEBOOK}"), timeout=STARTUP * 1000)
-        notebook.wait_kernel_idle(STARTUP)
-        notebook.hide_file_browser()
-        notebook.run_cells(LOAD_EXT_CELL, APP_CELL - LOAD_EXT_CELL + 1)
-        frame = notebook.app_frame(APP_CELL, app_url, STARTUP)
+        frame = notebook.open_and_run_to_app(
+            server.url(f"lab/tree/{NOTEBOOK}"), LOAD_EXT_CELL, APP_CELL, app_url, STARTUP
+        )
         panel = JobsPanel(page, APP_CELL)
         panel.wait_shown(STARTUP)
         frame.locator("#go").wait_for(timeout=STARTUP * 1000)

@@ -93,11 +93,11 @@ def test_tour_progress_cancel_from_panel_and_queue(
     notebook = NotebookView(page)
     with screenshot_on_failure(page, shots / "failure.png"):
         # Open the tour, run the cells up to the app, wait for the app's iframe.
-        page.goto(server.url(f"lab/tree/{TOUR}"), timeout=STARTUP * 1000)
-        notebook.wait_kernel_idle(STARTUP)
-        notebook.hide_file_browser()
-        notebook.run_cells(LOAD_EXT_CELL, APP_CELL - LOAD_EXT_CELL + 1)
-        app = TourApp(notebook.app_frame(APP_CELL, app_url, STARTUP))
+        app = TourApp(
+            notebook.open_and_run_to_app(
+                server.url(f"lab/tree/{TOUR}"), LOAD_EXT_CELL, APP_CELL, app_url, STARTUP
+            )
+        )
         panel = JobsPanel(page, APP_CELL)
         panel.wait_shown(STARTUP)
         fresh = app.wait(lambda v: v.run_enabled, STARTUP, "its Run button")

@@ -62,6 +62,13 @@ def run(manager: nbbg.LokyManager, fn: Any, *args: Any) -> Any:
     return manager.wait(manager.submit(fn, *args), timeout=60)
 
 
+def occupy(manager: nbbg.LokyManager, fn: Any, *args: Any) -> str:
+    """Submit ``fn`` and return its job id once it runs, so the jobs after it queue."""
+    job_id = manager.submit(fn, *args)
+    wait_until(lambda: manager.job(job_id).state is nbbg.JobState.RUNNING, what="the blocker")
+    return job_id
+
+
 EDITS = {
     "list": ("data = [1, 2, 3]", "data.append(4)", "sum(data)", 6, 10),
     "dict": ("data = {'scale': 1}", "data['scale'] = 5", "data['scale']", 1, 5),
@@ -297,8 +304,7 @@ def test_queued_job_reading_an_object_its_worker_lacks_gets_its_submit_time_copy
             time.sleep(seconds)
         """
     )
-    blocker = one_worker.submit(notebook["block"], 1.0)
-    wait_until(lambda: one_worker.job(blocker).state is nbbg.JobState.RUNNING, what="blocker")
+    occupy(one_worker, notebook["block"], 1.0)
     first = one_worker.submit(notebook["total"])  # the worker has never seen `fresh`
     notebook["fresh"][:] = 2.0
     second = one_worker.submit(notebook["total"])
@@ -338,8 +344,7 @@ def test_job_whose_directory_vanished_before_it_started_fails_clearly_and_the_ne
             time.sleep(seconds)
         """
     )
-    blocker = one_worker.submit(notebook["block"], 1.0)
-    wait_until(lambda: one_worker.job(blocker).state is nbbg.JobState.RUNNING, what="blocker")
+    occupy(one_worker, notebook["block"], 1.0)
     doomed_dir = tmp_path / "gone"
     doomed_dir.mkdir()
     os.chdir(doomed_dir)
@@ -367,8 +372,7 @@ def test_queued_job_whose_copy_is_gone_and_object_changed_fails_clearly(
         """
     )
     assert run(one_worker, notebook["total"]) == 2_000_000.0  # the worker holds `data` now
-    blocker = one_worker.submit(notebook["block"])
-    wait_until(lambda: one_worker.job(blocker).state is nbbg.JobState.RUNNING, what="blocker")
+    blocker = occupy(one_worker, notebook["block"])
     waiting = one_worker.submit(notebook["total"])  # every worker holds it: no copy is made
     notebook["data"][0] = 5.0
     one_worker.cancel(blocker)  # its worker is replaced: the fresh one holds nothing

@@ -449,6 +449,16 @@ class NotebookView:
             lambda: {"output": self.cell_output(index), "errors": self.errors()},
         )
 
+    def open_and_run_to_app(
+        self, url: str, first_cell: int, app_cell: int, app_url: str, timeout: float
+    ) -> Frame:
+        """Open the notebook at ``url``, run cells ``first_cell``..``app_cell``; the app's frame."""
+        self.page.goto(url, timeout=timeout * 1000)
+        self.wait_kernel_idle(timeout)
+        self.hide_file_browser()
+        self.run_cells(first_cell, app_cell - first_cell + 1)
+        return self.app_frame(app_cell, app_url, timeout)
+
     def app_frame(self, cell_index: int, app_url: str, timeout: float) -> Frame:
         """The frame of the app's iframe in the outputs of cell ``cell_index``."""
         iframe = self.cell(cell_index).locator(f'iframe[src="{app_url}"]')
