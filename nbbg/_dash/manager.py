@@ -16,8 +16,10 @@ error, so the app shows why instead of a silent cancel.
 
 from __future__ import annotations
 
+import atexit
 import os
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +36,7 @@ from .._engine.memory_guard import MemoryGuard, MemoryLimit, MemoryLimitSpec, pa
 from .._engine.process_owner import current_pid
 from .._engine.records import JobHistory
 from .._engine.slots import WorkerInfo
-from .._engine.store import MISSING, open_store, read_result
+from .._engine.store import MISSING, Store, open_store, read_result
 from .._engine.worker import in_worker
 from .._errors import NbbgError, UnknownJobError, WrongProcessError
 from .dash_jobs import AppOrigin, DashJobFunction, trigger_label
@@ -95,6 +97,9 @@ class EngineManager(BaseBackgroundCallbackManager):
         self._history = History(self.handle.directory, self.handle, self.submit)
         self._history_writer = HistoryWriter(self._engine, self._history)
         super().__init__(cache_by)  # type: ignore[no-untyped-call]
+        # Registered after the engine's own hook, so it runs first: the records of the
+        # last jobs (and of those the shutdown cancels) are written before the exit.
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------ cache_by
     @property
@@ -358,6 +363,8 @@ class EngineManager(BaseBackgroundCallbackManager):
         self._engine.shutdown()
         if self._engine.owner.is_current:
             self._history_writer.close()  # after the last jobs' records are queued
+            if isinstance(self.handle, Store):
+                self.handle.write_waiting()  # every result on disk when this returns
 
     def __repr__(self) -> str:
         active = sum(1 for job in self._engine.jobs() if job.state.active)
@@ -366,3 +373,9 @@ class EngineManager(BaseBackgroundCallbackManager):
             f"<{type(self).__name__} max_workers={self.max_workers} active_jobs={active} "
             f"memory_limit={str(limit) if limit else None!r} store={self.handle.directory!r}>"
         )
+
+
+def _shutdown_at_exit(manager_ref: weakref.ref[EngineManager]) -> None:
+    manager = manager_ref()
+    if manager is not None:
+        manager.shutdown()

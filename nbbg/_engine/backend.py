@@ -53,6 +53,10 @@ class WorkerHandle(Protocol):
 class Backend(Protocol):
     """Starts workers for an engine's slots."""
 
+    result_inline_limit: int
+    """Bytes of a pickled result a worker hands back with the job's outcome, for the
+    backend to store (``JobSpec.result_inline_limit``); larger ones the worker stores."""
+
     def start_worker(self) -> WorkerHandle:
         """A new worker (never called under the engine's lock: it may take time)."""
 

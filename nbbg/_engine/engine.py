@@ -172,6 +172,7 @@ class Engine:
             self.store.directory,
             result_key,
             expire,
+            self.backend.result_inline_limit,
         )
         self._copy_values_at_submit(cargo)
         item.job.remember_code(fn)

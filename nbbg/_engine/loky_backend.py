@@ -12,7 +12,8 @@ costs two kernel threads (loky's manager and queue feeder) per job each way,
 (bench/RESULTS.md). Once warm, the worker runs ``worker.serve_jobs`` as one
 long loky task, and each job is one write of its pickled spec to the worker's
 socket (``channel``) and one ``OUTCOME`` report back on the thread that reads
-the worker's reports.
+the worker's reports. A small result comes back in that report and the
+kernel stores it (``write_behind``); a large one the worker writes itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import pickle
 import threading
 import uuid
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -36,7 +39,11 @@ from . import worker
 from .backend import OnReport
 from .channel import ProgressListener, Report, ReportKind
 from .platform import kill_process, sigint_blocked
+from .store import Store
 from .worker import JobSpec, WorkerOutcome
+
+KeepResult = Callable[[str, bytes, "float | None"], None]
+"""Stores a result that came back with its job's outcome: key, pickled value, expiry."""
 
 SEND_INLINE_LIMIT = 32 * 1024
 """Bytes of a pickled job written from the dispatching thread; larger ones from a thread.
@@ -54,8 +61,9 @@ class LokyWorker:
 
     warming: Future[Any]
 
-    def __init__(self, initargs: tuple[Any, ...], token: str) -> None:
+    def __init__(self, initargs: tuple[Any, ...], token: str, keep_result: KeepResult) -> None:
         self.token = token
+        self._keep_result = keep_result
         self.executor = ProcessPoolExecutor(
             max_workers=1, initializer=worker.initialize, initargs=(*initargs, token)
         )
@@ -63,6 +71,7 @@ class LokyWorker:
         self._conn: Connection | None = None
         self._unsent: bytes | None = None  # a job written before the worker said hello
         self._pending: Future[WorkerOutcome] | None = None
+        self._pending_result: tuple[str, float | None] = ("", None)  # its result's key, expiry
         # At interpreter exit loky's hook waits for every running task, and
         # ``serve_jobs`` never ends: a kernel would hang on exit. This flag
         # (what ``shutdown(kill_workers=True)`` sets) makes loky kill the worker then.
@@ -84,6 +93,7 @@ class LokyWorker:
         data = _pickle_spec(spec)
         with self._lock:
             self._pending = future
+            self._pending_result = (spec.result_key, spec.expire)
             conn = self._conn
             if conn is None:
                 self._unsent = data  # written when the worker says hello
@@ -103,8 +113,13 @@ class LokyWorker:
         """The worker reported how its job ended (on the thread reading its reports)."""
         with self._lock:
             future, self._pending = self._pending, None
-        if future is not None and not future.done():
-            future.set_result(outcome)
+            key, expire = self._pending_result
+        if future is None or future.done():
+            return  # killed meanwhile: nobody reads the result
+        if outcome.result is not None:  # stored before the job can be seen done
+            self._keep_result(key, outcome.result, expire)
+            outcome = replace(outcome, result=None)
+        future.set_result(outcome)
 
     def _stopped_serving(self, serving: Future[Any]) -> None:
         # Only the worker's death or the executor's shutdown ends serve_jobs. A
@@ -149,13 +164,17 @@ class LokyBackend:
         self._listener = ProgressListener(self._take_report, self._hello)
         self._initargs = (os.getpid(), self._listener.address, self._listener.authkey)
         self._warm_up_args = (warm_modules, store.directory)
+        self._store = store
+        # Results diskcache keeps as rows of its database come back to be stored in
+        # batches; a user's own diskcache.Cache cannot wait for them: its workers write.
+        self.result_inline_limit = store.disk_min_file_size - 1 if isinstance(store, Store) else 0
 
     @property
     def listener_address(self) -> Any:
         return self._listener.address
 
     def start_worker(self) -> LokyWorker:
-        started = LokyWorker(self._initargs, uuid.uuid4().hex)
+        started = LokyWorker(self._initargs, uuid.uuid4().hex, self._keep_result)
         with self._workers_lock:  # before it can say hello
             self._workers[started.token] = started
         started.start(self._warm_up_args)
@@ -163,6 +182,10 @@ class LokyBackend:
 
     def close(self) -> None:
         self._listener.close()
+
+    def _keep_result(self, key: str, data: bytes, expire: float | None) -> None:
+        assert isinstance(self._store, Store)
+        self._store.set_later(key, data, expire, "nbbg")
 
     def _hello(self, token: str, conn: Connection) -> None:
         with self._workers_lock:

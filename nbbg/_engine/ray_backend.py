@@ -37,6 +37,7 @@ from . import parcels, ray_task, ray_versions
 from .backend import OnReport
 from .channel import Report, ReportKind
 from .jobs import JobFailure
+from .store import Store
 from .worker import JobSpec, WorkerOutcome, describe_exception
 
 LOGGER = logging.getLogger("nbbg")
@@ -250,6 +251,9 @@ class RayWorker:
 class RayBackend:
     """Starts :class:`RayWorker` s on a connected Ray (see :func:`connect`)."""
 
+    result_inline_limit = 0
+    """Unused: a task hands every result back itself (``ray_task``); ``keep_result`` stores it."""
+
     def __init__(
         self,
         on_report: OnReport,
@@ -312,6 +316,9 @@ class RayBackend:
     ) -> WorkerOutcome:
         """Write the task's result into the kernel's store (a remote node cannot)."""
         if data is None or outcome.kind != "ok":
+            return outcome
+        if isinstance(self._store, Store):  # written with others in one batch, off this thread
+            self._store.set_later(spec.result_key, data, spec.expire, "nbbg")
             return outcome
         try:
             self._store.set(spec.result_key, data, expire=spec.expire, tag="nbbg")

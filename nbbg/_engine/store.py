@@ -38,6 +38,7 @@ import diskcache
 from diskcache.core import DBNAME
 
 from .._errors import StoreError, TemporaryStoreWarning, UnreadableResultError
+from .write_behind import Waiting, WriteBehind, flushing
 
 DEFAULT_SIZE_LIMIT = 2**30
 """1 GiB: diskcache evicts the least recently stored entries beyond it."""
@@ -78,9 +79,14 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
     lookup compares the file on disk with the one opened (one ``stat``) and,
     when they differ, recreates the directory with mode 0700 and reopens:
     all threads then reconnect.
+
+    It also takes entries to write later (``set_later``, see ``write_behind``):
+    ``get``, ``in``, ``touch`` and ``delete`` see them while they wait, and
+    every other operation writes them first.
     """
 
     def __init__(self, directory: str, **settings: Any) -> None:
+        self._later = WriteBehind(self._write_batch, self._delete_keys, self.recover, "nbbg-store")
         self._reopen_lock = threading.Lock()
         self._idle = _IdleConnections()
         self._settings = settings
@@ -130,6 +136,8 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
                     self.reset(key, value, update=False)
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):  # a store that cannot be written loses them
+            self._later.flush()
         holder = getattr(self._local, "holder", None)
         if holder is not None:
             holder.con = None  # closed here: never handed back
@@ -163,7 +171,71 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
 
     def set(self, key: Any, value: Any, *args: Any, **kwargs: Any) -> bool:
         self._con  # noqa: B018 - reopen before a large value is written as a file
+        self._later.discard([key])  # this value replaces a waiting one
         return bool(super().set(key, value, *args, **kwargs))
+
+    # ------------------------------------------------------------ write-behind
+    def set_later(self, key: str, data: bytes, expire: float | None, tag: str | None) -> None:
+        """Store ``data`` under ``key`` within ``write_behind.WRITE_DELAY`` (one batch)."""
+        self._later.put(key, Waiting(data, expire, tag))
+
+    def write_waiting(self) -> None:
+        """Write the entries ``set_later`` keeps, now."""
+        self._later.flush()
+
+    def _write_batch(self, entries: Any) -> None:
+        self._con  # noqa: B018 - reopen first if the file was deleted or replaced
+        with self.transact(retry=True):
+            for key, waiting in entries:
+                super().set(key, waiting.data, expire=waiting.expire, tag=waiting.tag)
+
+    def _delete_keys(self, keys: Any) -> None:
+        for key in keys:
+            super().delete(key, retry=True)
+
+    def get(self, key: Any, default: Any = None, *args: Any, **kwargs: Any) -> Any:
+        waiting = self._later.get(key) if not args and not kwargs else None
+        if waiting is not None:
+            return waiting.data
+        if args or kwargs:  # expire_time=, tag=, read=: the row must be there
+            self._later.flush()
+        return super().get(key, default, *args, **kwargs)
+
+    def __contains__(self, key: Any) -> bool:
+        return self._later.get(key) is not None or bool(super().__contains__(key))
+
+    def touch(self, key: Any, expire: float | None = None, retry: bool = False) -> bool:
+        if self._later.touch(key, expire):
+            return True
+        return bool(super().touch(key, expire, retry))
+
+    def delete(self, key: Any, retry: bool = False) -> bool:
+        waiting = self._later.get(key) is not None
+        self._later.discard([key])
+        return bool(super().delete(key, retry)) or waiting
+
+    def clear(self, retry: bool = False) -> int:
+        self._later.discard()
+        return int(super().clear(retry))
+
+    __len__ = flushing(diskcache.Cache.__len__)
+    __iter__ = flushing(diskcache.Cache.__iter__)
+    __reversed__ = flushing(diskcache.Cache.__reversed__)
+    __delitem__ = flushing(diskcache.Cache.__delitem__)
+    __getitem__ = flushing(diskcache.Cache.__getitem__)
+    add = flushing(diskcache.Cache.add)
+    pop = flushing(diskcache.Cache.pop)
+    read = flushing(diskcache.Cache.read)
+    incr = flushing(diskcache.Cache.incr)
+    decr = flushing(diskcache.Cache.decr)
+    iterkeys = flushing(diskcache.Cache.iterkeys)
+    peekitem = flushing(diskcache.Cache.peekitem)
+    volume = flushing(diskcache.Cache.volume)
+    stats = flushing(diskcache.Cache.stats)
+    check = flushing(diskcache.Cache.check)
+    expire = flushing(diskcache.Cache.expire)
+    evict = flushing(diskcache.Cache.evict)
+    cull = flushing(diskcache.Cache.cull)
 
     def recover(self, error: BaseException) -> None:
         """After ``error`` from an operation: set a corrupt database aside and reopen."""

@@ -50,6 +50,7 @@ class QueuedJob:
         store_directory: str,
         result_key: str | None,
         expire: float | None,
+        result_inline_limit: int = 0,
     ) -> QueuedJob:
         """A new job; its result goes to ``result_key`` (a shared ``cache_by`` entry kept
         ``expire`` s) or, without one, to a key of its own kept ``RESULT_TTL`` s."""
@@ -75,6 +76,7 @@ class QueuedJob:
             expire=RESULT_TTL if own_key else expire,
             kernel=cargo.kernel,
             objects=tuple((ref.digest, ref.size) for ref in cargo.function.objects),
+            result_inline_limit=result_inline_limit,
         )
         job.cargo = cargo
         return cls(job, spec, cargo)

@@ -68,6 +68,8 @@ class JobSpec:
     parcels: dict[bytes, _parcels.ParcelRef] | None = None  # those the worker lacks
     environ: dict[str, str] | None = None  # sent when the worker lacks this environment
     drops: tuple[bytes, ...] = ()  # superseded objects to drop from the cache
+    result_inline_limit: int = 0
+    """A pickled result up to this size goes back with the outcome, for the kernel to store."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class WorkerOutcome:
     missing: tuple[bytes, ...] = ()  # digests of large values the worker lacks
     missing_function: bool = False
     missing_environ: bool = False
+    result: bytes | None = None  # the pickled result, when the kernel stores it
 
 
 class Sender(Protocol):
@@ -282,9 +285,10 @@ def pickle_result(spec: JobSpec, value: Any) -> bytes | JobFailure:
     return data
 
 
-def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure | None:
+def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure | bytes | None:
+    """Write the result to the store; a small one is returned instead, for the kernel to store."""
     data = pickle_result(spec, value)
-    if isinstance(data, JobFailure):
+    if isinstance(data, JobFailure) or len(data) <= spec.result_inline_limit:
         return data
     store = None
     try:
@@ -298,7 +302,8 @@ def _save_result(state: _WorkerState, spec: JobSpec, value: Any) -> JobFailure |
     return None
 
 
-Saver = Callable[[_WorkerState, JobSpec, Any], "JobFailure | None"]
+Saver = Callable[[_WorkerState, JobSpec, Any], "JobFailure | bytes | None"]
+"""Keeps a job's result: a failure if it could not, the pickled result for the outcome."""
 
 
 def serve_jobs() -> None:
@@ -354,8 +359,9 @@ def run_job(spec: JobSpec, save: Saver = _save_result) -> WorkerOutcome:
     finally:
         _note_imported_modules(state, spec)
     messages_sent = state.sender.end(reporter)
-    if failure is None:
-        failure = save(state, spec, value)
     if failure is not None:
         return WorkerOutcome("error", messages_sent, failure)
-    return WorkerOutcome("ok", messages_sent)
+    saved = save(state, spec, value)
+    if isinstance(saved, JobFailure):
+        return WorkerOutcome("error", messages_sent, saved)
+    return WorkerOutcome("ok", messages_sent, result=saved)
