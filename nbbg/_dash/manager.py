@@ -93,7 +93,6 @@ class EngineManager(BaseBackgroundCallbackManager):
             backend=backend,
         )
         self._memory_guard = MemoryGuard(self._engine, memory_limit)
-        # Subscribed after the guard: a job's record gets the guard's last sample.
         self._history = History(self.handle.directory, self.handle, self.submit)
         self._history_writer = HistoryWriter(self._engine, self._history)
         super().__init__(cache_by)  # type: ignore[no-untyped-call]

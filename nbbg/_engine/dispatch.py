@@ -177,6 +177,10 @@ class Dispatcher:
         if not job.state.active:
             return
         outcome: worker.WorkerOutcome = job.worker_outcome
+        if outcome.cpu_time is not None:  # the worker's own count: the whole job
+            job.cpu_time = outcome.cpu_time
+        if outcome.memory is not None:
+            job.peak_memory = max(job.peak_memory or 0, outcome.memory)
         if outcome.kind == "ok":
             self.end(job, JobState.DONE, None, fx)
         else:

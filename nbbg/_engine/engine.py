@@ -256,10 +256,13 @@ class Engine:
         return True
 
     def record_usage(self, job_id: str, peak_memory: int, cpu_time: float) -> None:
-        """Note what a sample of the job's worker found (the memory guard's sampler)."""
+        """Note what a sample of the job's worker found (the memory guard's sampler).
+
+        Ignored once the job has ended: its worker's own count came with its outcome.
+        """
         with self._lock:
             job = self._table.get(job_id)
-            if job is not None:
+            if job is not None and job.state.active:
                 job.peak_memory, job.cpu_time = peak_memory, cpu_time
 
     def get(self, job_id: str) -> JobSnapshot | None:

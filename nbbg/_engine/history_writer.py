@@ -27,8 +27,7 @@ class HistoryWriter:
     def _on_event(self, event: JobEvent) -> None:
         if event.kind != "state" or event.job.state.active:
             return
-        # Re-read: the memory guard's last sample (subscribed first) came after this event.
-        latest = self._engine.get(event.job.id) or event.job
+        latest = event.job  # complete: the worker's CPU time and memory came with its outcome
         with self._lock:
             if self._recorded.get(latest.id) is latest.state:
                 return  # catch_up() was first

@@ -80,9 +80,11 @@ class JobSnapshot:
     output_dropped: int = 0
     """Lines of output not kept (beyond ``output.MAX_LINES`` / ``MAX_BYTES``)."""
     peak_memory: int | None = None
-    """The most resident memory (bytes) its worker was seen using while it ran (sampled)."""
+    """The most resident memory (bytes) its worker was seen using while it ran (sampled,
+    and at its end)."""
     cpu_time: float | None = None
-    """CPU seconds its worker spent on it (sampled while it ran)."""
+    """CPU seconds its worker spent on it (sampled while it ran; counted by the worker once
+    it ended)."""
     progress_at: float | None = None
     """When the latest progress value arrived (``time.time()``): rates are measured up to it."""
     result_key: str = ""

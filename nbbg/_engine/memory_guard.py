@@ -15,16 +15,17 @@ killed and replaced as on a cancel, the job ends with
     engine ── "running" events ──► MemoryGuard thread (sleeps while no job runs)
        ▲                                 │ every 50 ms: engine.workers() -> busy pids,
        │                                 │ psutil RSS + CPU times of each
-       ├──── record_usage(job, peak, cpu) ◄┤ (and a last sample at the job's end)
+       ├──── record_usage(job, peak, cpu) ◄┤
        └──── fail_running(job, pid) ◄──────┘ over the limit -> stop
 
-The same samples give each job's peak resident memory and CPU time (the
-worker's user + system time since the job's first sample), written to the
-job with ``Engine.record_usage`` at every sample and once more, from a last
-sample, when the job ends (so a job's record has its full CPU time). Jobs are
-sampled whether or not a limit is set; a job shorter than one interval may
-show no peak. A sample costs ~50 µs of the kernel's time per running job
-(two ``/proc`` reads), 20 times a second.
+The same samples give a running job's peak resident memory and CPU time so
+far (the worker's user + system time since its previous job ended), written
+to the job with ``Engine.record_usage``: the panel shows them live. When the
+job ends, its worker's own figures come with its outcome (``run_job``: the
+CPU time it counted, its memory at the end) and are final; sampling the
+worker once more from here cost the kernel two ``/proc`` reads at every
+job's end. Jobs are sampled whether or not a limit is set. A sample costs
+~50 µs of the kernel's time per running job, 20 times a second.
 
 The default limit is half of the memory this kernel may use: the machine's
 RAM, or its container's limit when lower (a 2 GB Binder reports the host's
@@ -177,8 +178,8 @@ class MemoryGuard:
         self._processes: dict[int, psutil.Process] = {}
         self._usage: dict[str, _Usage] = {}
         self._cpu_after_job: dict[int, float] = {}
-        """Each worker's CPU time when its last job ended: where its next job's count starts
-        (an idle worker spends next to none), rather than at that job's first sample."""
+        """Each worker's CPU time at its last job's last sample: where its next job's count
+        starts (an idle worker spends next to none), rather than at that job's first sample."""
         self._usage_lock = threading.Lock()
         self._unsubscribe = engine.subscribe(self._on_event)
         threading.Thread(target=self._watch, name="nbbg-memory-guard", daemon=True).start()
@@ -203,7 +204,7 @@ class MemoryGuard:
         if event.job.state is JobState.RUNNING:
             self._wake.set()
         elif not event.job.state.active:
-            self._last_sample(event.job.id)
+            self._forget(event.job.id)
 
     def _watch(self) -> None:
         while not self._closed:
@@ -242,16 +243,12 @@ class MemoryGuard:
         self._engine.record_usage(job_id, peak, spent)
         return rss
 
-    def _last_sample(self, job_id: str) -> None:
-        """The job ended: sample its worker once more (its CPU time up to now), then forget it."""
+    def _forget(self, job_id: str) -> None:
+        """The job ended: its worker's next job counts CPU from where its last sample left off."""
         with self._usage_lock:
-            usage = self._usage.get(job_id)
-        if usage is None:
-            return
-        self._sample(job_id, usage.pid)
-        with self._usage_lock:
-            self._usage.pop(job_id, None)
-            self._cpu_after_job[usage.pid] = usage.cpu_at_start + usage.cpu
+            usage = self._usage.pop(job_id, None)
+            if usage is not None:
+                self._cpu_after_job[usage.pid] = usage.cpu_at_start + usage.cpu
 
     def _running_workers(self) -> list[tuple[str, int]]:
         running = [(w.job_id, w.pid) for w in self._engine.workers() if w.job_id and w.pid]

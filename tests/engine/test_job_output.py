@@ -230,6 +230,9 @@ def test_peak_memory_and_cpu_time_are_kept_per_job(manager: nbbg.LokyManager) ->
     assert busy_job.cpu_time is not None
     # The worker also imported this test module (and pytest) for the job: up to ~0.2 s more.
     assert counted - 0.1 <= busy_job.cpu_time <= counted + 0.3, "as the worker itself counted"
+    records = {record.id: record for record in manager.history()}
+    assert records[busy].cpu_time == busy_job.cpu_time, "the record has the final count"
+    assert records[big].peak_memory == big_job.peak_memory
     print(
         f"peak {big_job.peak_memory / 2**20:.0f} MiB; CPU {busy_job.cpu_time:.2f} s "
         f"(the worker counted {counted:.2f} s in {busy_job.elapsed:.2f} s)"
