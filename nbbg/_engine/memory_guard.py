@@ -251,11 +251,12 @@ class MemoryGuard:
                 self._cpu_after_job[usage.pid] = usage.cpu_at_start + usage.cpu
 
     def _running_workers(self) -> list[tuple[str, int]]:
-        running = [(w.job_id, w.pid) for w in self._engine.workers() if w.job_id and w.pid]
-        pids = {pid for _, pid in running}
-        for pid in list(self._processes):
-            if pid not in pids:
-                del self._processes[pid]
+        workers = self._engine.workers()
+        running = [(w.job_id, w.pid) for w in workers if w.job_id and w.pid]
+        # Kept while the worker lives, busy or idle: a new psutil.Process reads /proc once more.
+        alive = {w.pid for w in workers}
+        for pid in [pid for pid in self._processes if pid not in alive]:
+            del self._processes[pid]
         if len(self._cpu_after_job) > MAX_REMEMBERED_WORKERS:  # replaced workers pile up
             with self._usage_lock:
                 for pid in [pid for pid in self._cpu_after_job if not psutil.pid_exists(pid)]:

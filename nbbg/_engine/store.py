@@ -91,6 +91,8 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
         self._idle = _IdleConnections()
         self._settings = settings
         self._opening_thread: int | None = None
+        self._batch_writer: int | None = None
+        """The thread writing a batch: it checked the file once, at the batch's start."""
         self._identity: tuple[int, int] | None = None
         if not os.path.isdir(directory):  # never change the mode of an existing one
             _make_private_directory(Path(directory))
@@ -100,6 +102,7 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
     def _con(self) -> sqlite3.Connection:
         if (
             self._opening_thread != threading.get_ident()
+            and self._batch_writer != threading.get_ident()
             and _database_identity(self.directory) != self._identity
         ):
             self._reopen()
@@ -185,9 +188,13 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
 
     def _write_batch(self, entries: Any) -> None:
         self._con  # noqa: B018 - reopen first if the file was deleted or replaced
-        with self.transact(retry=True):
-            for key, waiting in entries:
-                super().set(key, waiting.data, expire=waiting.expire, tag=waiting.tag)
+        self._batch_writer = threading.get_ident()  # diskcache reads _con ~8 times per set
+        try:
+            with self.transact(retry=True):
+                for key, waiting in entries:
+                    super().set(key, waiting.data, expire=waiting.expire, tag=waiting.tag)
+        finally:
+            self._batch_writer = None
 
     def _delete_keys(self, keys: Any) -> None:
         for key in keys:
