@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 SAMPLE_INTERVAL = 0.05
 """Seconds between two samples of the running workers' memory."""
 
+CPU_EVERY = 5
+"""Samples per read of a running worker's CPU time (its RSS is read at every one)."""
+
 MAX_REMEMBERED_WORKERS = 64
 """Workers whose CPU time at their last job's end is kept before the dead ones are pruned."""
 
@@ -100,6 +103,7 @@ class _Usage:
     cpu_at_start: float
     peak: int = 0
     cpu: float = 0.0
+    samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -221,24 +225,35 @@ class MemoryGuard:
             time.sleep(SAMPLE_INTERVAL)
 
     def _sample(self, job_id: str, pid: int) -> int | None:
-        """Sample ``pid`` for ``job_id``: record its peak and CPU time; return its RSS."""
+        """Sample ``pid`` for ``job_id``: record its peak and CPU time; return its RSS.
+
+        The RSS is read every time (the limit needs it); the CPU time, shown live
+        only (the worker's own count is final), every ``CPU_EVERY`` samples: each
+        is one more ``/proc`` file read from the kernel's side.
+        """
+        with self._usage_lock:
+            usage = self._usage.get(job_id)
+            read_cpu = usage is None or usage.pid != pid or usage.samples % CPU_EVERY == 0
         try:
             process = self._processes.get(pid)
             if process is None:
                 process = self._processes[pid] = psutil.Process(pid)
-            with process.oneshot():
-                rss = int(process.memory_info().rss)
-                times = process.cpu_times()
+            rss = int(process.memory_info().rss)
+            times = process.cpu_times() if read_cpu else None
         except psutil.Error:
             return None  # the worker just ended or was replaced
-        cpu = float(times.user + times.system)
+        cpu = None if times is None else float(times.user + times.system)
         with self._usage_lock:
             usage = self._usage.get(job_id)
             if usage is None or usage.pid != pid:
+                if cpu is None:
+                    return rss  # forgotten and begun again meanwhile: the next sample counts
                 start = self._cpu_after_job.get(pid, cpu)
                 usage = self._usage[job_id] = _Usage(pid, start)
+            usage.samples += 1
             usage.peak = max(usage.peak, rss)
-            usage.cpu = max(usage.cpu, cpu - usage.cpu_at_start)
+            if cpu is not None:
+                usage.cpu = max(usage.cpu, cpu - usage.cpu_at_start)
             peak, spent = usage.peak, usage.cpu
         self._engine.record_usage(job_id, peak, spent)
         return rss

@@ -187,14 +187,26 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
         self._later.flush()
 
     def _write_batch(self, entries: Any) -> None:
+        """Write ``entries`` in one transaction, then evict (expired first) once for them all.
+
+        diskcache's ``set`` evicts after each entry (up to ``cull_limit`` expired
+        ones, then checks the size): four SQLite statements of its six, and each
+        statement lets the kernel's other threads take the GIL. Its in-memory
+        ``cull_limit`` is 0 for the batch (the stored setting is not touched).
+        """
         self._con  # noqa: B018 - reopen first if the file was deleted or replaced
         self._batch_writer = threading.get_ident()  # diskcache reads _con ~8 times per set
+        cull_limit = self.cull_limit
         try:
             with self.transact(retry=True):
+                self.reset("cull_limit", 0, update=False)
                 for key, waiting in entries:
                     super().set(key, waiting.data, expire=waiting.expire, tag=waiting.tag)
         finally:
+            self.reset("cull_limit", cull_limit, update=False)
             self._batch_writer = None
+        if cull_limit:
+            self.cull(retry=True)
 
     def _delete_keys(self, keys: Any) -> None:
         for key in keys:
