@@ -17,6 +17,7 @@ error, so the app shows why instead of a silent cancel.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import uuid
 import weakref
@@ -363,7 +364,10 @@ class EngineManager(BaseBackgroundCallbackManager):
         if self._engine.owner.is_current:
             self._history_writer.close()  # after the last jobs' records are queued
             if isinstance(self.handle, Store):
-                self.handle.write_waiting()  # every result on disk when this returns
+                # Every result on disk when this returns; a store that cannot be written
+                # has logged why, and shutting down must not fail on it.
+                with contextlib.suppress(Exception):
+                    self.handle.write_waiting()
 
     def __repr__(self) -> str:
         active = sum(1 for job in self._engine.jobs() if job.state.active)
