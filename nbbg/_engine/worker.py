@@ -12,8 +12,9 @@ reloaded modules: ``_kernel_state``), unpickles the callable from its payload
 the shared-memory parcels that came with the job, calls it through the job's
 runner, flushes the last progress, writes a large result to the store (a
 small one goes back with the outcome, for the kernel to store: ``write_behind``)
-and reports how the job ended, with the CPU time and memory it took. The callable is unpickled afresh for every job, so values
-it carries inline (small lists, dicts) never keep a previous job's edits.
+and reports how the job ended, with the CPU time and memory it took. The
+callable is unpickled afresh for every job, so values it carries inline
+(small lists, dicts) never keep a previous job's edits.
 """
 
 from __future__ import annotations
