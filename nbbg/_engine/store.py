@@ -31,6 +31,7 @@ import stat
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,9 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
     all threads then reconnect.
 
     It also takes entries to write later (``set_later``, see ``write_behind``):
-    ``get``, ``in``, ``touch`` and ``delete`` see them while they wait, and
-    every other operation writes them first.
+    ``get``, ``in``, ``touch``, ``delete``, ``set`` and ``clear`` see them while
+    they wait, and the operations that read, count or evict entries (``len``,
+    iteration, ``volume``, ``cull``, ``pop``, ``read``, ...) write them first.
     """
 
     def __init__(self, directory: str, **settings: Any) -> None:
@@ -186,7 +188,7 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
         """Write the entries ``set_later`` keeps, now."""
         self._later.flush()
 
-    def _write_batch(self, entries: Any) -> None:
+    def _write_batch(self, entries: Iterable[tuple[str, Waiting]]) -> None:
         """Write ``entries`` in one transaction, then evict (expired first) once for them all.
 
         diskcache's ``set`` evicts after each entry (up to ``cull_limit`` expired
@@ -208,7 +210,7 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
         if cull_limit:
             self.cull(retry=True)
 
-    def _delete_keys(self, keys: Any) -> None:
+    def _delete_keys(self, keys: Iterable[str]) -> None:
         for key in keys:
             super().delete(key, retry=True)
 
