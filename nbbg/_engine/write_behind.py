@@ -179,13 +179,17 @@ class WriteBehind:
                     self._in_flight = {}
                     deleted, self._deleted_in_flight = self._deleted_in_flight, set()
             self._failures = 0
-            with self._lock:
-                for key, waiting in batch.items():
-                    if self._waiting.get(key) is waiting:  # not replaced or touched meanwhile
-                        del self._waiting[key]
-                        self._waiting_bytes -= len(waiting.data)
+            self._let_go(batch)
             if deleted:  # deleted while being written: delete the rows just written
                 self._delete(deleted)
+
+    def _let_go(self, batch: dict[str, Waiting]) -> None:
+        """Stop keeping the batch's entries: those not replaced or touched since it was taken."""
+        with self._lock:
+            for key, waiting in batch.items():
+                if self._waiting.get(key) is waiting:
+                    del self._waiting[key]
+                    self._waiting_bytes -= len(waiting.data)
 
     def _failed(self, batch: dict[str, Waiting], exc: BaseException) -> None:
         with contextlib.suppress(Exception):
@@ -195,7 +199,7 @@ class WriteBehind:
             LOGGER.warning("nbbg: %d results could not be written yet (%s)", len(batch), exc)
             return
         self._failures = 0
-        self.discard(batch)
+        self._let_go(batch)
         LOGGER.error(
             "nbbg: %d results were dropped after %d failed writes to the store (%s)",
             len(batch),
