@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 import nbbg
 from nbbg._engine import write_behind
+from nbbg._engine.store import MISSING, Store
 from tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,3 +141,27 @@ def test_a_damaged_database_loses_no_waiting_result(
         what="the waiting result written to the fresh database",
     )
     assert manager.wait(manager.submit(square, 6), timeout=30) == 36, "the next job runs"
+
+
+def test_a_store_that_keeps_failing_drops_the_results_with_an_error_in_the_log(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def disk_full(self: object, entries: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "_write_batch", disk_full)  # before the store is made
+    manager = nbbg.LokyManager(max_workers=1, cache=str(store_dir))
+    try:
+        job_id = manager.submit(square, 8)
+        assert manager.wait(job_id, timeout=30) == 64, "collected from memory meanwhile"
+        wait_until(
+            lambda: manager.engine.result(job_id) is MISSING,
+            timeout=15,
+            what=f"the result dropped after {write_behind.MAX_ATTEMPTS} failed writes",
+        )
+        assert "dropped after 3 failed writes" in caplog.text
+        assert "database or disk is full" in caplog.text
+        with pytest.raises(nbbg.ResultEvictedError):
+            manager.history(limit=1)[0].result()
+    finally:
+        manager.shutdown()
