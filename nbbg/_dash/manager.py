@@ -194,9 +194,9 @@ class EngineManager(BaseBackgroundCallbackManager):
 
     def result_ready(self, key: str) -> bool:
         job_id = self._job_for(key)
-        snapshot = self._engine.get(job_id) if job_id else None
-        if snapshot is not None:
-            return not snapshot.state.active
+        state = self._engine.state(job_id) if job_id else None
+        if state is not None:
+            return not state.active
         return self.cache_by is not None and self._cached(key)
 
     def get_result(self, key: str, job: Any) -> Any:

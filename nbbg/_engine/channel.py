@@ -221,11 +221,16 @@ class ProgressSender:
         except (EOFError, OSError):
             os._exit(0)  # the kernel is gone: nobody is left to serve
 
-    def send_outcome(self, job_id: str, outcome: Any) -> None:
-        """Report how a job ended, after every report of it (``end`` flushed them)."""
+    def send_outcome(self, job_id: str, outcome: Any, result: bytes | None = None) -> None:
+        """Report how a job ended, after every report of it (``end`` flushed them).
+
+        ``result`` is the pickled result when the kernel is to store it: beside the
+        outcome, which the kernel keeps while it remembers the job.
+        """
+        payload = (self.token, outcome, result)
         with self._send_lock:
             try:
-                self._conn.send(Report(ReportKind.OUTCOME, job_id, (self.token, outcome)))
+                self._conn.send(Report(ReportKind.OUTCOME, job_id, payload))
             except (BrokenPipeError, ConnectionResetError, EOFError):
                 os._exit(0)
 

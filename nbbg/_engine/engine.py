@@ -48,6 +48,7 @@ from .packing import copy_at_submit, lacked_by
 from .process_owner import ProcessOwner
 from .shipping import Cargo, FunctionRegistry
 from .slots import Slot, SlotPool, WorkerInfo, check_worker_count
+from .store import delete_results
 from .table import HISTORY, JobTable, QueuedJob
 
 PREWARM_TIMEOUT = 30.0
@@ -270,6 +271,12 @@ class Engine:
             job = self._table.get(job_id)
             return None if job is None else self._table.snapshot(job)
 
+    def state(self, job_id: str) -> JobState | None:
+        """The job's state alone (no snapshot: a poll asks this first)."""
+        with self._lock:
+            job = self._table.get(job_id)
+            return None if job is None else job.state
+
     def jobs(self) -> list[JobSnapshot]:
         """All remembered jobs, oldest first."""
         with self._lock:
@@ -366,7 +373,7 @@ class Engine:
             timer.daemon = True
             timer.start()
         if fx.forgotten:
-            self._drop_results(fx.forgotten)
+            self._forget(fx.forgotten)
         if fx.spawn:
             self._chores.run_soon(self._respawn, list(fx.spawn))
         self._events.publish(fx.events)
@@ -384,11 +391,12 @@ class Engine:
             if not self._closed:
                 self._dispatcher.dispatch(fx)
 
-    def _drop_results(self, forgotten: list[Job]) -> None:
-        for job in forgotten:
-            if job.owns_result:
-                with contextlib.suppress(Exception):  # the store may be gone; expiry cleans up
-                    self.store.delete(job.result_key)
+    def _forget(self, forgotten: list[Job]) -> None:
+        owned = [job.result_key for job in forgotten if job.owns_result]
+        if owned:
+            # All of a sweep's results in one transaction, on the chores thread: not
+            # a SQLite transaction per job on the thread that submitted (a Dash request).
+            self._chores.run_soon(delete_results, self.store, owned)
         if self._hooks is not None:
             self._hooks.forgotten([job.id for job in forgotten])
 

@@ -26,9 +26,8 @@ import uuid
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import replace
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 import diskcache
@@ -38,7 +37,7 @@ from loky.process_executor import ShutdownExecutorError
 from . import worker
 from .backend import OnReport
 from .channel import ProgressListener, Report, ReportKind
-from .platform import kill_process, sigint_blocked
+from .platform import kill_process, lower_priority, sigint_blocked, worker_nice
 from .store import Store
 from .worker import JobSpec, WorkerOutcome
 
@@ -54,6 +53,15 @@ that waits for a worker still importing modules.
 """
 
 
+class WorkerArgs(NamedTuple):
+    """What ``worker.initialize`` takes besides the worker's token."""
+
+    owner_pid: int
+    channel_address: Any
+    authkey: bytes
+    nice: int
+
+
 class LokyWorker:
     """A single-worker executor, the future of its warm-up, and its socket once it says hello."""
 
@@ -61,9 +69,10 @@ class LokyWorker:
 
     warming: Future[Any]
 
-    def __init__(self, initargs: tuple[Any, ...], token: str, keep_result: KeepResult) -> None:
+    def __init__(self, initargs: WorkerArgs, token: str, keep_result: KeepResult) -> None:
         self.token = token
         self._keep_result = keep_result
+        self._nice = initargs.nice
         self.executor = ProcessPoolExecutor(
             max_workers=1, initializer=worker.initialize, initargs=(*initargs, token)
         )
@@ -84,6 +93,9 @@ class LokyWorker:
         # the process group before the initializer ignores SIGINT cannot kill it.
         with sigint_blocked():
             self.warming = self.executor.submit(worker.warm_up, *warm_up_args)
+        pid = self.pid()
+        if pid is not None:  # from its first instruction: see ``platform.lower_priority``
+            lower_priority(self._nice, pid)
         serving = self.executor.submit(worker.serve_jobs)
         serving.add_done_callback(self._stopped_serving)
 
@@ -109,16 +121,16 @@ class LokyWorker:
         if data is not None:
             _write(conn, data)
 
-    def finished(self, outcome: WorkerOutcome) -> None:
-        """The worker reported how its job ended (on the thread reading its reports)."""
+    def finished(self, outcome: WorkerOutcome, result: bytes | None) -> None:
+        """The worker reported how its job ended (on the thread reading its reports),
+        with the pickled result when it is the kernel's to store."""
         with self._lock:
             future, self._pending = self._pending, None
             key, expire = self._pending_result
         if future is None or future.done():
             return  # killed meanwhile: nobody reads the result
-        if outcome.result is not None:  # stored before the job can be seen done
-            self._keep_result(key, outcome.result, expire)
-            outcome = replace(outcome, result=None)
+        if result is not None:  # stored before the job can be seen done
+            self._keep_result(key, result, expire)
         future.set_result(outcome)
 
     def _stopped_serving(self, serving: Future[Any]) -> None:
@@ -162,7 +174,9 @@ class LokyBackend:
         self._workers: weakref.WeakValueDictionary[str, LokyWorker] = weakref.WeakValueDictionary()
         self._workers_lock = threading.Lock()
         self._listener = ProgressListener(self._take_report, self._hello)
-        self._initargs = (os.getpid(), self._listener.address, self._listener.authkey)
+        self._initargs = WorkerArgs(
+            os.getpid(), self._listener.address, self._listener.authkey, worker_nice()
+        )
         self._warm_up_args = (warm_modules, store.directory)
         self._store = store
         # Results diskcache keeps as rows of its database come back to be stored in
@@ -197,11 +211,11 @@ class LokyBackend:
         if report.kind is not ReportKind.OUTCOME:
             self._on_report(report)
             return
-        token, outcome = report.payload
+        token, outcome, result = report.payload
         with self._workers_lock:
             found = self._workers.get(token)
         if found is not None:
-            found.finished(outcome)
+            found.finished(outcome, result)
 
 
 def _pickle_spec(spec: JobSpec) -> bytes:

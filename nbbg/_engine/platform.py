@@ -11,7 +11,7 @@ spawn with SIGINT blocked   ``signal.pthread_sigmask``       no mask (Windows se
                                                              the process group)
 progress connection         abstract AF_UNIX name (Linux),   the family ``multiprocessing`` picks
                             socket file (macOS)              for the platform (named pipes)
-worker CPU priority         ``os.nice``                      ``psutil.Process().nice()``
+worker CPU priority         ``os.setpriority``               ``psutil.Process(pid).nice()``
 ==========================  ===============================  =====================================
 
 The capability flags are module attributes so that a test can turn them off
@@ -32,7 +32,7 @@ from multiprocessing import connection
 
 HAS_SIGKILL = hasattr(signal, "SIGKILL")
 HAS_SIGMASK = hasattr(signal, "pthread_sigmask")
-HAS_OS_NICE = hasattr(os, "nice")
+HAS_SETPRIORITY = hasattr(os, "setpriority")
 HAS_ABSTRACT_SOCKETS = sys.platform.startswith("linux")
 CONNECTION_FAMILY: str = connection.default_family  # type: ignore[attr-defined]  # not in typeshed
 """``AF_UNIX`` on Linux and macOS, ``AF_PIPE`` on Windows (multiprocessing's choice)."""
@@ -44,6 +44,9 @@ With every core busy, Linux then gives a nice-0 thread about ten times the CPU
 share of a worker: Dash's request threads, the jobs panel and the next cell
 run first, and the jobs still get every cycle the kernel leaves idle.
 """
+
+MAX_NICE = 19
+"""The lowest priority ``nice`` allows."""
 
 
 def kill_process(pid: int) -> None:
@@ -104,22 +107,35 @@ def listener_address() -> str | tuple[str, int]:
     return str(connection.arbitrary_address(CONNECTION_FAMILY))  # type: ignore[attr-defined]
 
 
-def lower_priority() -> None:
-    """Lower this process's CPU priority by ``WORKER_NICE_INCREMENT`` (best effort)."""
-    if HAS_OS_NICE:
+def worker_nice() -> int:
+    """The ``nice`` value of workers: the calling thread's plus ``WORKER_NICE_INCREMENT``."""
+    current = os.getpriority(os.PRIO_PROCESS, 0) if HAS_SETPRIORITY else 0
+    return min(MAX_NICE, current + WORKER_NICE_INCREMENT)
+
+
+def lower_priority(nice: int, pid: int = 0) -> None:
+    """Run process ``pid`` (0: this one) at ``nice``, unless it runs lower already (best effort).
+
+    The kernel calls it right after spawning a worker, so that the new
+    interpreter's start does not compete with the kernel either (a replacement
+    worker starts just when a cancel is being answered), and the worker's
+    initializer calls it again, for a process the kernel's call came too late for.
+    """
+    if HAS_SETPRIORITY:
         try:
-            os.nice(WORKER_NICE_INCREMENT)
+            if os.getpriority(os.PRIO_PROCESS, pid) < nice:
+                os.setpriority(os.PRIO_PROCESS, pid, nice)
         except OSError:
-            pass  # a sandbox that forbids it: the worker runs at the kernel's priority
+            pass  # gone already, or a sandbox that forbids it: the kernel's priority
         return
     import psutil
 
     try:
-        process = psutil.Process()
+        process = psutil.Process(pid or None)
         below_normal = getattr(psutil, "BELOW_NORMAL_PRIORITY_CLASS", None)  # Windows only
         if below_normal is not None:
             process.nice(below_normal)
-        else:
-            process.nice(min(19, process.nice() + WORKER_NICE_INCREMENT))
+        elif process.nice() < nice:
+            process.nice(nice)
     except (OSError, psutil.Error):
-        pass  # a sandbox that forbids it: the worker runs at the kernel's priority
+        pass  # gone already, or a sandbox that forbids it: the kernel's priority

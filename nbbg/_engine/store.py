@@ -185,8 +185,15 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
         self._later.put(key, Waiting(data, expire, tag))
 
     def write_waiting(self) -> None:
-        """Write the entries ``set_later`` keeps, now."""
-        self._later.flush()
+        """Write the entries ``set_later`` keeps, now.
+
+        Not inside a transaction this thread holds (``transact``): the batch would
+        join it, and its entries stop waiting before that transaction commits, so
+        another thread would find them in neither place meanwhile. The writer
+        thread writes them after it.
+        """
+        if self._txn_id != threading.get_ident():
+            self._later.flush()
 
     def _write_batch(self, entries: Iterable[tuple[str, Waiting]]) -> None:
         """Write ``entries`` in one transaction, then evict (expired first) once for them all.
@@ -210,9 +217,19 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
         if cull_limit:
             self.cull(retry=True)
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete ``keys`` in one transaction (a waiting entry is only forgotten)."""
+        chosen = list(keys)
+        self._later.discard(chosen)
+        self._delete_keys(chosen)
+
     def _delete_keys(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            super().delete(key, retry=True)
+        with self.transact(retry=True):
+            for key in keys:
+                # The row only: diskcache's ``delete`` goes through ``__delitem__``,
+                # which (wrapped here) writes what waits first.
+                with contextlib.suppress(KeyError):
+                    diskcache.Cache.__delitem__(self, key, retry=True)
 
     def get(self, key: Any, default: Any = None, *args: Any, **kwargs: Any) -> Any:
         waiting = self._later.get(key) if not args and not kwargs else None
@@ -423,3 +440,17 @@ def read_result(store: diskcache.Cache, key: str, name: str = "the callback") ->
         return pickle.loads(data)
     except Exception as exc:  # the value's own __reduce__ may raise anything
         raise UnreadableResultError(name, exc) from exc
+
+
+def delete_results(store: diskcache.Cache, keys: list[str]) -> None:
+    """Delete the results of forgotten jobs in one transaction.
+
+    A store that cannot be written keeps them: their expiry removes them later.
+    """
+    with contextlib.suppress(Exception):
+        if isinstance(store, Store):
+            store.delete_many(keys)
+            return
+        with store.transact(retry=True):
+            for key in keys:
+                store.delete(key, retry=True)

@@ -122,12 +122,12 @@ def _watch_owner(owner_pid: int) -> None:
             os._exit(0)
 
 
-def initialize(owner_pid: int, channel_address: Any, authkey: bytes, token: str) -> None:
+def initialize(owner_pid: int, channel_address: Any, authkey: bytes, nice: int, token: str) -> None:
     global _state
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The kernel spawned us with SIGINT blocked; a pending one is now dropped.
     unblock_sigint()
-    lower_priority()
+    lower_priority(nice)  # the kernel did already, unless it came too late
     threading.Thread(
         target=_watch_owner, args=(owner_pid,), name="nbbg-watchdog", daemon=True
     ).start()
@@ -334,7 +334,11 @@ def serve_jobs() -> None:
             failure = JobFailure(message, _format_traceback(exc))
             sender.send_outcome("", WorkerOutcome("error", 0, failure))
             continue
-        sender.send_outcome(spec.job_id, run_job(spec))
+        outcome = run_job(spec)
+        if outcome.result is None:
+            sender.send_outcome(spec.job_id, outcome)
+        else:
+            sender.send_outcome(spec.job_id, replace(outcome, result=None), outcome.result)
 
 
 def run_job(spec: JobSpec, save: Saver = _save_result) -> WorkerOutcome:

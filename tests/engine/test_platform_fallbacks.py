@@ -45,6 +45,20 @@ def test_workers_run_at_a_lower_cpu_priority_than_the_kernel(manager: nbbg.LokyM
     )
 
 
+def test_a_new_worker_runs_below_the_kernel_from_its_start(manager: nbbg.LokyManager) -> None:
+    """Lowered by the kernel as it is spawned, not only by its initializer ~20+ ms later:
+    a replacement worker's interpreter start does not compete with the kernel's cancel answer."""
+    kernel_nice = psutil.Process().nice()
+    started = manager.engine.backend.start_worker()
+    try:
+        pid = started.pid()
+        assert pid is not None
+        assert psutil.Process(pid).nice() == kernel_nice + _platform.WORKER_NICE_INCREMENT
+        assert not started.warming.done(), "checked while the interpreter was still starting"
+    finally:
+        started.kill()
+
+
 def count_with_progress(set_progress: Any, steps: int) -> str:
     for step in range(1, steps + 1):
         set_progress((step, steps))
@@ -60,18 +74,25 @@ def without_linux_only_features(
 
     ``AF_UNIX`` is macOS's path (a socket file); ``AF_INET`` stands in for a
     family other than AF_UNIX, as Windows's named pipes are. Yields what the
-    spies saw: kills through psutil, and signal masks nbbg set.
+    spies saw: kills and priority changes through psutil, and signal masks nbbg set.
     """
-    seen: dict[str, list[Any]] = {"psutil_kills": [], "nbbg_masks": []}
+    seen: dict[str, list[Any]] = {"psutil_kills": [], "nbbg_masks": [], "psutil_nice": []}
     monkeypatch.setattr(_platform, "HAS_SIGKILL", False)
+    monkeypatch.setattr(_platform, "HAS_SETPRIORITY", False)
     monkeypatch.setattr(_platform, "HAS_SIGMASK", False)
     monkeypatch.setattr(_platform, "HAS_ABSTRACT_SOCKETS", False)
     monkeypatch.setattr(_platform, "CONNECTION_FAMILY", request.param)
-    real_kill, real_mask = psutil.Process.kill, signal.pthread_sigmask
+    real_kill, real_nice = psutil.Process.kill, psutil.Process.nice
+    real_mask = signal.pthread_sigmask
 
     def kill(process: psutil.Process) -> None:
         seen["psutil_kills"].append(process.pid)
         real_kill(process)
+
+    def nice(process: psutil.Process, value: int | None = None) -> Any:
+        if value is not None:
+            seen["psutil_nice"].append(process.pid)
+        return real_nice(process, value)
 
     def mask(how: int, signals: Any) -> Any:
         if "nbbg" in sys._getframe(1).f_code.co_filename:
@@ -79,6 +100,7 @@ def without_linux_only_features(
         return real_mask(how, signals)
 
     monkeypatch.setattr(psutil.Process, "kill", kill)
+    monkeypatch.setattr(psutil.Process, "nice", nice)
     monkeypatch.setattr(signal, "pthread_sigmask", mask)
     yield seen
 
@@ -109,20 +131,27 @@ def test_jobs_progress_and_cancel_through_the_fallbacks(
         assert doomed_pid in seen["psutil_kills"], "killed through psutil, not os.kill"
         assert manager.wait(manager.submit(sum, [1, 2]), timeout=30) == 3
         assert seen["nbbg_masks"] == [], "no signal mask where none exists"
+        workers = {w.pid for w in manager.workers() if w.pid}
+        assert workers and workers <= set(seen["psutil_nice"]), "lowered through psutil"
+        kernel_nice = psutil.Process().nice()
+        assert all(psutil.Process(pid).nice() > kernel_nice for pid in workers)
     finally:
         manager.shutdown()
 
 
 def test_worker_side_fallbacks_in_a_real_process() -> None:
-    """``lower_priority`` through psutil and no SIGINT unmasking, as a worker would run them."""
+    """``lower_priority`` through psutil (twice, as the kernel and then the initializer call it:
+    lowered once) and no SIGINT unmasking, as a worker would run them."""
     script = (
         "import psutil\n"
         "from nbbg._engine import platform as _platform\n"
-        "_platform.HAS_OS_NICE = False\n"
+        "_platform.HAS_SETPRIORITY = False\n"
         "_platform.HAS_SIGMASK = False\n"
         "before = psutil.Process().nice()\n"
         "_platform.unblock_sigint()\n"
-        "_platform.lower_priority()\n"
+        "nice = min(19, before + _platform.WORKER_NICE_INCREMENT)\n"
+        "_platform.lower_priority(nice)\n"
+        "_platform.lower_priority(nice)\n"
         "print(before, psutil.Process().nice())\n"
     )
     done = subprocess.run(

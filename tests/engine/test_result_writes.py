@@ -12,6 +12,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cloudpickle
@@ -90,6 +91,7 @@ def test_a_cache_entry_cleared_while_it_waits_is_never_written_back(
 
 EXITING_KERNEL = """
 import sys
+import threading
 import nbbg
 from tests.engine.test_result_writes import square
 manager = nbbg.LokyManager(max_workers=1, cache=sys.argv[1])
@@ -165,3 +167,56 @@ def test_a_store_that_keeps_failing_drops_the_results_with_an_error_in_the_log(
             manager.history(limit=1)[0].result()
     finally:
         manager.shutdown()
+
+
+def test_an_entry_deleted_while_its_batch_is_written_is_gone_and_the_next_ones_are_written(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete after the batch must not wait for the batch lock it is under (a hang)."""
+    store = Store(str(store_dir))
+    write_batch = store._write_batch
+    during: list[bool] = []
+
+    def write_and_meanwhile(entries: object) -> None:
+        if not during:
+            during.append(True)
+            store.delete("cleared")  # Dash's clear_cache_entry while the batch is written
+            store.set_later("next", b"2", None, "nbbg")  # a job ending meanwhile
+        write_batch(entries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store._later, "_write_batch", write_and_meanwhile)
+    store.set_later("cleared", b"1", None, "nbbg")
+    writing = threading.Thread(target=store.write_waiting, daemon=True)
+    writing.start()
+    writing.join(10)
+    assert not writing.is_alive(), "the write hung on its own delete"
+    other = _other_process_view(store_dir)
+    assert other.get("cleared") is None
+    wait_until(lambda: other.get("next") == b"2", timeout=10, what="the next batch")
+
+
+def test_a_waiting_entry_stays_readable_while_another_thread_holds_a_transaction(
+    store_dir: Path,
+) -> None:
+    """Written inside that transaction, it would stop waiting before the commit: unreadable."""
+    store = Store(str(store_dir))
+    store.set_later("result", b"42", None, "nbbg")
+    inside, release = threading.Event(), threading.Event()
+
+    def delete_in_a_transaction() -> None:
+        with store.transact(retry=True):
+            store.delete("something else")
+            inside.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=delete_in_a_transaction, daemon=True)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        assert store.get("result") == b"42"
+    finally:
+        release.set()
+        holder.join(10)
+    wait_until(
+        lambda: _other_process_view(store_dir).get("result") == b"42", what="the batch write"
+    )

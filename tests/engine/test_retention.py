@@ -9,6 +9,7 @@ import pytest
 from dash import Dash, Input, Output, html
 
 import nbbg
+from tests.support.helpers import wait_until
 from tests.support.reliability_helpers import DashClient, run_in_threads, serve, shown
 
 SWEEP = 5000
@@ -32,6 +33,8 @@ def test_a_5000_job_sweep_waited_in_submit_order_returns_every_result(tmp_path: 
                 time.sleep(0.002)  # jobs finish while others are still being submitted
         results = [manager.wait(job_id, timeout=120) for job_id in ids]
         assert results == [x * x for x in range(SWEEP)]
+        first_key = manager.job(ids[0]).result_key
+        assert first_key in manager.handle
         # Collected jobs beyond the history are forgotten again, their results deleted.
         for x in range(SWEEP, SWEEP + 300):
             manager.wait(manager.submit(square, x), timeout=60)
@@ -40,6 +43,7 @@ def test_a_5000_job_sweep_waited_in_submit_order_returns_every_result(tmp_path: 
         assert len(remembered) <= 1000 + 1000 // 4 + 1
         with pytest.raises(nbbg.UnknownJobError):
             manager.wait(ids[0])
+        wait_until(lambda: first_key not in manager.handle, what="the result to be deleted")
     finally:
         manager.shutdown()
 
