@@ -107,6 +107,21 @@ def test_a_job_just_under_the_limit_finishes(limited: nbbg.LokyManager) -> None:
     assert LIMIT - 80 * MiB < peak < LIMIT, f"the job held {peak / MiB:.0f} MiB"
 
 
+def test_a_job_started_after_a_quiet_spell_is_held_to_the_limit_too(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampler sleeps once no job ran for ``KEEP_BEAT``: the next start must wake it."""
+    monkeypatch.setattr(memory_guard, "KEEP_BEAT", 0.2)
+    mgr = nbbg.LokyManager(max_workers=1, cache=str(store_dir), memory_limit=LIMIT)
+    try:
+        assert mgr.wait(mgr.submit(sum, [1, 2]), timeout=30) == 3
+        time.sleep(1.0)  # quiet: the sampler now waits for a job to start
+        with pytest.raises(nbbg.JobFailedError, match="limit 300 MiB"):
+            mgr.wait(mgr.submit(stay_under, 2 * LIMIT, 0, 3.0), timeout=60)
+    finally:
+        mgr.shutdown()
+
+
 def test_no_limit_lets_a_job_grow_and_a_new_limit_holds_for_the_next_job(
     store_dir: Path,
 ) -> None:
