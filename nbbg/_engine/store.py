@@ -30,13 +30,14 @@ import sqlite3
 import stat
 import tempfile
 import threading
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import diskcache
-from diskcache.core import DBNAME
+from diskcache.core import DBNAME, MODE_RAW
 
 from .._errors import StoreError, TemporaryStoreWarning, UnreadableResultError
 from .write_behind import Waiting, WriteBehind, flushing
@@ -198,19 +199,32 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
     def _write_batch(self, entries: Iterable[tuple[str, Waiting]]) -> None:
         """Write ``entries`` in one transaction, then evict (expired first) once for them all.
 
-        diskcache's ``set`` evicts after each entry (up to ``cull_limit`` expired
-        ones, then checks the size): four SQLite statements of its six, and each
-        statement lets the kernel's other threads take the GIL. Its in-memory
-        ``cull_limit`` is 0 for the batch (the stored setting is not touched).
+        Every SQLite statement lets the kernel's other threads take the GIL (a
+        thread switch, under load), and diskcache's ``set`` runs two to four per
+        entry and evicts after each. So one query finds which keys are stored
+        already; the new ones (nearly all: a job's own key) go in with one
+        ``executemany`` of diskcache's row insert (its triggers keep the count and
+        size); a key stored already, or a value large enough for a file of its
+        own, goes through ``set``, which replaces the old row and its file. The
+        in-memory ``cull_limit`` is 0 meanwhile (the stored setting is not touched).
         """
+        chosen = list(entries)
         self._con  # noqa: B018 - reopen first if the file was deleted or replaced
         self._batch_writer = threading.get_ident()  # diskcache reads _con ~8 times per set
         cull_limit = self.cull_limit
         try:
             with self.transact(retry=True):
                 self.reset("cull_limit", 0, update=False)
-                for key, waiting in entries:
-                    super().set(key, waiting.data, expire=waiting.expire, tag=waiting.tag)
+                stored = _stored_keys(self._sql, [key for key, _ in chosen])
+                now = time.time()
+                rows = []
+                for key, waiting in chosen:
+                    if key in stored or len(waiting.data) >= self.disk_min_file_size:
+                        super().set(key, waiting.data, expire=waiting.expire, tag=waiting.tag)
+                    else:
+                        rows.append(_new_row(key, waiting, now))
+                if rows:
+                    self._con.executemany(INSERT_ROW, rows)
         finally:
             self.reset("cull_limit", cull_limit, update=False)
             self._batch_writer = None
@@ -454,3 +468,28 @@ def delete_results(store: diskcache.Cache, keys: list[str]) -> None:
         with store.transact(retry=True):
             for key in keys:
                 store.delete(key, retry=True)
+
+
+KEYS_PER_QUERY = 500
+"""Keys per ``IN (...)`` query (SQLite allows 999 parameters in older builds)."""
+
+INSERT_ROW = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+    " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, 0, ?, 0, ?, NULL, ?)"
+)
+"""diskcache's row of a new ``str`` key with a ``bytes`` value kept in the database."""
+
+
+def _new_row(key: str, waiting: Waiting, now: float) -> tuple[Any, ...]:
+    expire_time = None if waiting.expire is None else now + waiting.expire
+    return (key, True, now, expire_time, now, waiting.tag, MODE_RAW, sqlite3.Binary(waiting.data))
+
+
+def _stored_keys(sql: Callable[..., sqlite3.Cursor], keys: list[str]) -> set[str]:
+    """Which of ``keys`` (``str`` keys) have a row in the store's database."""
+    stored: set[str] = set()
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        chunk = keys[start : start + KEYS_PER_QUERY]
+        query = f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})"
+        stored.update(key for (key,) in sql(query, chunk).fetchall())
+    return stored

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cloudpickle
@@ -92,6 +93,7 @@ def test_a_cache_entry_cleared_while_it_waits_is_never_written_back(
 EXITING_KERNEL = """
 import sys
 import threading
+import time
 import nbbg
 from tests.engine.test_result_writes import square
 manager = nbbg.LokyManager(max_workers=1, cache=sys.argv[1])
@@ -220,3 +222,25 @@ def test_a_waiting_entry_stays_readable_while_another_thread_holds_a_transaction
     wait_until(
         lambda: _other_process_view(store_dir).get("result") == b"42", what="the batch write"
     )
+
+
+def test_a_batch_stores_what_diskcache_itself_would_store(store_dir: Path) -> None:
+    """New keys go in as diskcache's own rows; a stored key (its value a file) is replaced."""
+    store = Store(str(store_dir))
+    store.set("replaced", bytes(100_000))  # large: diskcache keeps it as a file
+    old_files = {p for p in store_dir.rglob("*.val")}
+    assert len(old_files) == 1
+    store.set_later("fresh", b"1", 60.0, "nbbg")
+    store.set_later("no-expiry", b"2", None, None)
+    store.set_later("replaced", b"3", None, "nbbg")
+    store.write_waiting()
+
+    other = _other_process_view(store_dir)
+    value, expire_time, tag = other.get("fresh", expire_time=True, tag=True)
+    assert (value, tag) == (b"1", "nbbg") and expire_time is not None
+    assert 0 < expire_time - time.time() <= 60
+    assert other.get("no-expiry", expire_time=True, tag=True) == (b"2", None, None)
+    assert other.get("replaced") == b"3"
+    assert len(other) == 3, "diskcache's count kept"
+    assert not any(path.exists() for path in old_files), "the replaced value's file removed"
+    assert other.check() == [], "diskcache finds nothing wrong"
