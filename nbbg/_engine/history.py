@@ -37,6 +37,7 @@ loses at most the last ``WRITE_DELAY`` of records.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -81,16 +82,31 @@ _SUMMARY_COLUMNS = (
     "id, name, label, arguments, state, submitted_at, started_at, finished_at, error, "
     "output_lines, output_dropped, peak_memory, cpu_time, cache_hit, result_key, rerunnable"
 )
-_UPSERT = """
-INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+_COLUMNS = 19
+
+ROWS_PER_UPSERT = 50
+"""Records per statement: within SQLite's 999 parameters of older builds."""
+
+
+@functools.lru_cache(maxsize=ROWS_PER_UPSERT)
+def _upsert(count: int) -> str:
+    """One statement writing ``count`` records: one SQLite step (each step gives the
+    kernel's GIL away, a thread switch under load), not one per record.
+
+    A job recorded again (a done job failed later: a result the browser cannot
+    take) keeps its arguments and call.
+    """
+    row = f"({', '.join('?' * _COLUMNS)})"
+    return f"""
+INSERT INTO jobs VALUES {", ".join([row] * count)}
 ON CONFLICT (id) DO UPDATE SET
     state = excluded.state, finished_at = excluded.finished_at, error = excluded.error,
     traceback = excluded.traceback, output = excluded.output,
     output_lines = excluded.output_lines, output_dropped = excluded.output_dropped,
     peak_memory = excluded.peak_memory, cpu_time = excluded.cpu_time
 """
-"""A job recorded again (a done job failed later: a result the browser cannot take)
-keeps its arguments and call."""
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, label TEXT NOT NULL, arguments TEXT NOT NULL,
@@ -228,7 +244,9 @@ class History:
             connection = self._connection()
             with connection:
                 connection.execute("BEGIN IMMEDIATE")
-                connection.executemany(_UPSERT, rows)
+                for start in range(0, len(rows), ROWS_PER_UPSERT):
+                    chunk = rows[start : start + ROWS_PER_UPSERT]
+                    connection.execute(_upsert(len(chunk)), [v for row in chunk for v in row])
         if prune:
             self.prune()
         elif rows:

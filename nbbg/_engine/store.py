@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import pickle
 import shutil
@@ -202,10 +203,10 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
         Every SQLite statement lets the kernel's other threads take the GIL (a
         thread switch, under load), and diskcache's ``set`` runs two to four per
         entry and evicts after each. So one query finds which keys are stored
-        already; the new ones (nearly all: a job's own key) go in with one
-        ``executemany`` of diskcache's row insert (its triggers keep the count and
-        size); a key stored already, or a value large enough for a file of its
-        own, goes through ``set``, which replaces the old row and its file. The
+        already; the new ones (nearly all: a job's own key) go in as diskcache's
+        own rows, many to an ``INSERT`` (its triggers keep the count and size);
+        a key stored already, or a value large enough for a file of its own,
+        goes through ``set``, which replaces the old row and its file. The
         in-memory ``cull_limit`` is 0 meanwhile (the stored setting is not touched).
         """
         chosen = list(entries)
@@ -223,8 +224,9 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
                         super().set(key, waiting.data, expire=waiting.expire, tag=waiting.tag)
                     else:
                         rows.append(_new_row(key, waiting, now))
-                if rows:
-                    self._con.executemany(INSERT_ROW, rows)
+                for start in range(0, len(rows), ROWS_PER_INSERT):
+                    chunk = rows[start : start + ROWS_PER_INSERT]
+                    self._sql(_insert_rows(len(chunk)), [v for row in chunk for v in row])
         finally:
             self.reset("cull_limit", cull_limit, update=False)
             self._batch_writer = None
@@ -473,11 +475,21 @@ def delete_results(store: diskcache.Cache, keys: list[str]) -> None:
 KEYS_PER_QUERY = 500
 """Keys per ``IN (...)`` query (SQLite allows 999 parameters in older builds)."""
 
-INSERT_ROW = (
-    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
-    " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, 0, ?, 0, ?, NULL, ?)"
-)
-"""diskcache's row of a new ``str`` key with a ``bytes`` value kept in the database."""
+ROWS_PER_INSERT = 90
+"""Rows per ``INSERT`` statement: 8 parameters each, within SQLite's 999 of older builds."""
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert_rows(count: int) -> str:
+    """One statement inserting ``count`` rows: one SQLite step, one GIL hand-off, for them all.
+
+    diskcache's row of a new ``str`` key whose ``bytes`` value is kept in the database.
+    """
+    row = "(?, ?, ?, ?, ?, 0, ?, 0, ?, NULL, ?)"
+    return (
+        "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+        f" tag, size, mode, filename, value) VALUES {', '.join([row] * count)}"
+    )
 
 
 def _new_row(key: str, waiting: Waiting, now: float) -> tuple[Any, ...]:

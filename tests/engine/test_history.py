@@ -13,6 +13,8 @@ import pytest
 import nbbg
 from nbbg._engine import history as history_module
 from nbbg._engine import records as records_module
+from nbbg._engine.history import ROWS_PER_UPSERT, History
+from nbbg._engine.jobs import Job, JobFailure, JobState
 from tests.support.helpers import REPO
 
 
@@ -210,3 +212,21 @@ def test_a_call_too_large_to_keep_is_recorded_without_it(manager: nbbg.LokyManag
     assert not record.rerunnable
     with pytest.raises(nbbg.NotRerunnableError, match="larger than 1048576 bytes"):
         record.rerun()
+
+
+def test_a_large_batch_with_a_job_recorded_twice_keeps_every_record_and_the_last_state(
+    tmp_path: Path,
+) -> None:
+    """Records go many to a statement: across its chunks, and a job seen twice in one batch."""
+    history = History(str(tmp_path), None, lambda *args: "")
+    jobs = [Job.ended("sweep", f"x={k}", "", JobState.DONE) for k in range(ROWS_PER_UPSERT * 2 + 7)]
+    snapshots = [job.snapshot(None) for job in jobs]
+    failed = jobs[3]
+    failed.state, failed.failure = JobState.ERROR, JobFailure("failed later")
+    history.write([*snapshots, failed.snapshot(None)])
+    records = history.records(limit=None)
+    assert len(records) == len(jobs)
+    assert {record.label for record in records} == {f"x={k}" for k in range(len(jobs))}
+    again = history.record(failed.id)
+    assert again is not None and again.state is JobState.ERROR and again.error == "failed later"
+    history.close()
