@@ -5,14 +5,15 @@ would grow its worker until the machine swaps or the operating system's
 out-of-memory killer picks a victim, often the Jupyter kernel or server,
 which loses the user's whole session. So one kernel-side thread samples the
 resident memory (RSS) of every worker that runs a job, every
-``SAMPLE_INTERVAL`` s, and only while jobs run. A job whose worker is over
+``SAMPLE_INTERVAL`` s from the second tick that finds the job running (a
+short job is never sampled), and only while jobs run. A job whose worker is over
 the limit is ended through the engine (``Engine.fail_running``): its worker is
 killed and replaced as on a cancel, the job ends with
 :class:`MemoryLimitError`, and other jobs and the kernel go on.
 
 ::
 
-    engine ── "running" events ──► MemoryGuard thread (sleeps while no job runs)
+    engine ── "running" events ──► MemoryGuard thread (sleeps 2 s after the last job)
        ▲                                 │ every 50 ms: engine.workers() -> busy pids,
        │                                 │ psutil RSS + CPU times of each
        ├──── record_usage(job, peak, cpu) ◄┤
@@ -60,8 +61,8 @@ KEEP_BEAT = 2.0
 
 Dash callbacks are mostly short: between two of them no worker may be running.
 Sleeping until the next start would wake this thread at nearly every job, a
-thread switch in the kernel per job; on the beat, a job that starts is sampled
-at the next tick (as one starting while others run), within ``SAMPLE_INTERVAL``.
+thread switch in the kernel per job; on the beat, the next tick finds a job
+that started, as it finds one starting while others run.
 """
 
 CPU_EVERY = 5
@@ -192,6 +193,7 @@ class MemoryGuard:
         self._closed = False
         self._processes: dict[int, psutil.Process] = {}
         self._usage: dict[str, _Usage] = {}
+        self._seen_running: set[str] = set()  # the jobs the last tick found running
         self._cpu_after_job: dict[int, float] = {}
         """Each worker's CPU time at its last job's last sample: where its next job's count
         starts (an idle worker spends next to none), rather than at that job's first sample."""
@@ -239,7 +241,14 @@ class MemoryGuard:
                 continue
             last_running = time.monotonic()
             limit = self._limit
+            # A job is sampled from the second tick that finds it running: most Dash
+            # callbacks have ended by then, and a sample reads /proc files from the
+            # kernel's side (each read gives the GIL away). One running from the start
+            # of a tick is stopped at most two ticks after it crossed the limit.
+            seen_before, self._seen_running = self._seen_running, {job for job, _ in running}
             for job_id, pid in running:
+                if job_id not in seen_before:
+                    continue
                 used = self._sample(job_id, pid)
                 if limit is not None and used is not None and used > limit.bytes:
                     self._stop(job_id, pid, used, limit)
