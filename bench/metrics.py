@@ -13,7 +13,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nbbg.client import BackgroundJob, DashClient, JobResult, output_value
@@ -30,7 +30,10 @@ class Settings:
     reps: int = 3
     warm_jobs: int = 5
     turnaround_jobs: int = 60
-    throughput_jobs: int = 100
+    throughput_jobs: int = 300
+    """Per repetition and manager, in ``THROUGHPUT_ROUNDS`` rounds taken in turn with the
+    other managers. 100 in one go made a rate rest on ~0.5 s of a noisy machine (0.75x
+    to 0.85x the floor between whole runs of the same code)."""
     throughput_threads: int = 8
     progress_updates: int = 200
     progress_period: float = 0.005
@@ -208,6 +211,59 @@ def _throughput(server: Server, settings: Settings, trigger: str, output: str) -
         "wall_seconds": wall_seconds,
         "wall_jobs_per_s": len(answered) / wall_seconds if wall_seconds else None,
     }
+
+
+THROUGHPUT_ROUNDS = 3
+"""Rounds a repetition's throughput jobs are split into, the managers taking turns."""
+
+
+def _throughput_interleaved(
+    servers: dict[str, Server], settings: Settings, trigger: str, output: str
+) -> dict[str, Samples]:
+    """``_throughput`` on every server in rounds, the managers taking turns (order alternating).
+
+    As with ``turnaround_interleaved``, a ratio of two managers' rates then rests
+    on the same stretch of a shared machine's drifting load, not on whichever
+    manager ran during a busy spell.
+    """
+    total, count = settings.throughput_jobs, THROUGHPUT_ROUNDS
+    sizes = [n for n in (total // count + (k < total % count) for k in range(count)) if n]
+    names = list(servers)
+    rounds: dict[str, list[Samples]] = {name: [] for name in names}
+    for index, size in enumerate(sizes):
+        per_round = replace(settings, throughput_jobs=size)
+        for name in names if index % 2 == 0 else reversed(names):
+            rounds[name].append(_throughput(servers[name], per_round, trigger, output))
+    return {name: _combined(each) for name, each in rounds.items()}
+
+
+def _combined(rounds: list[Samples]) -> Samples:
+    """One manager's rounds as one sample: rates over all their answered jobs."""
+    done = sum(r["done"] for r in rounds)
+    tab_seconds = sum(r["answered_tab_seconds"] for r in rounds)
+    wall_seconds = sum(r["wall_seconds"] or 0.0 for r in rounds)
+    return {
+        "jobs": sum(r["jobs"] for r in rounds),
+        "tabs": rounds[0]["tabs"],
+        "rounds": len(rounds),
+        "done": done,
+        "lost": sum(r["lost"] for r in rounds),
+        "outcomes": sorted(o for r in rounds for o in r["outcomes"]),
+        "answered_tab_seconds": tab_seconds,
+        "jobs_per_s": done / tab_seconds if tab_seconds else None,
+        "wall_seconds": wall_seconds or None,
+        "wall_jobs_per_s": done / wall_seconds if wall_seconds else None,
+    }
+
+
+def throughput_interleaved(servers: dict[str, Server], settings: Settings) -> dict[str, Samples]:
+    return _throughput_interleaved(servers, settings, "noop-go", "noop-out")
+
+
+def throughput_calm_interleaved(
+    servers: dict[str, Server], settings: Settings
+) -> dict[str, Samples]:
+    return _throughput_interleaved(servers, settings, "calm-go", "calm-out")
 
 
 def throughput(server: Server, settings: Settings) -> Samples:
@@ -431,6 +487,8 @@ METRICS: dict[str, Callable[[Server, Settings], Samples]] = {
 
 INTERLEAVED: dict[str, Callable[[dict[str, Server], Settings], dict[str, Samples]]] = {
     "turnaround": turnaround_interleaved,
+    "throughput": throughput_interleaved,
+    "throughput_calm": throughput_calm_interleaved,
 }
 """Metrics measured on all of a repetition's servers at once, job by job in turn."""
 
