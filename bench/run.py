@@ -5,7 +5,8 @@
     for each repetition (manager order rotated each time):
         start a fresh server per manager -> first job right after page load, warm jobs
         for each metric: for each manager: one repetition of the metric
-            (turnaround: one job on each manager in turn, so load drift weighs on all alike)
+            (turnaround: one job on each manager in turn; throughput: 3 rounds in turn;
+             so load drift weighs on all alike)
             (not cancel / re-fire on the floor: its threads cannot be cancelled)
         stop the servers -> count the processes they left behind
         start a fresh server per manager holding a 100 MB global
@@ -135,7 +136,7 @@ class Run:
         try:
             for name, measure in metrics.METRICS.items():
                 if name in metrics.INTERLEAVED:
-                    _log(f"rep {rep + 1}: {name} on all, job by job in turn")
+                    _log(f"rep {rep + 1}: {name} on all, the managers taking turns")
                     each = metrics.INTERLEAVED[name]({m: servers[m] for m in order}, self.settings)
                     for manager in order:
                         self.record(manager, name, each[manager])
