@@ -56,6 +56,7 @@ from .._errors import NotRerunnableError
 from .jobs import JobSnapshot, JobState
 from .output import OutputLine
 from .records import JobHistory, JobRecord, describe_call
+from .row_chunks import chunks
 
 if TYPE_CHECKING:
     pass
@@ -84,11 +85,12 @@ _SUMMARY_COLUMNS = (
 )
 _COLUMNS = 19
 
-ROWS_PER_UPSERT = 50
-"""Records per statement: within SQLite's 999 parameters of older builds."""
+ROWS_PER_UPSERT = (32, 8, 2, 1)
+"""Records per statement (``row_chunks``): 19 parameters each, within the 999 of older
+SQLite builds."""
 
 
-@functools.lru_cache(maxsize=ROWS_PER_UPSERT)
+@functools.lru_cache(maxsize=len(ROWS_PER_UPSERT))
 def _upsert(count: int) -> str:
     """One statement writing ``count`` records: one SQLite step (each step gives the
     kernel's GIL away, a thread switch under load), not one per record.
@@ -244,8 +246,7 @@ class History:
             connection = self._connection()
             with connection:
                 connection.execute("BEGIN IMMEDIATE")
-                for start in range(0, len(rows), ROWS_PER_UPSERT):
-                    chunk = rows[start : start + ROWS_PER_UPSERT]
+                for chunk in chunks(rows, ROWS_PER_UPSERT):
                     connection.execute(_upsert(len(chunk)), [v for row in chunk for v in row])
         if prune:
             self.prune()

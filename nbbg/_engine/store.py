@@ -41,6 +41,7 @@ import diskcache
 from diskcache.core import DBNAME, MODE_RAW
 
 from .._errors import StoreError, TemporaryStoreWarning, UnreadableResultError
+from .row_chunks import chunks
 from .write_behind import Waiting, WriteBehind, flushing
 
 DEFAULT_SIZE_LIMIT = 2**30
@@ -224,14 +225,24 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
                         super().set(key, waiting.data, expire=waiting.expire, tag=waiting.tag)
                     else:
                         rows.append(_new_row(key, waiting, now))
-                for start in range(0, len(rows), ROWS_PER_INSERT):
-                    chunk = rows[start : start + ROWS_PER_INSERT]
+                for chunk in chunks(rows, ROWS_PER_INSERT):
                     self._sql(_insert_rows(len(chunk)), [v for row in chunk for v in row])
         finally:
             self.reset("cull_limit", cull_limit, update=False)
             self._batch_writer = None
         if cull_limit:
             self.cull(retry=True)
+
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection (its next use opens one again).
+
+        For a long-lived thread that uses the store only now and then (the engine's
+        chores thread deleting forgotten results): it holds no descriptors between.
+        """
+        holder = getattr(self._local, "holder", None)
+        if holder is not None:
+            holder.con = None  # closed here: never handed back
+        super().close()
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete ``keys`` in one transaction (a waiting entry is only forgotten)."""
@@ -459,27 +470,31 @@ def read_result(store: diskcache.Cache, key: str, name: str = "the callback") ->
 
 
 def delete_results(store: diskcache.Cache, keys: list[str]) -> None:
-    """Delete the results of forgotten jobs in one transaction.
+    """Delete the results of forgotten jobs in one transaction, then close this thread's
+    connection (the chores thread deletes a batch every ~250 jobs and does little else).
 
     A store that cannot be written keeps them: their expiry removes them later.
     """
     with contextlib.suppress(Exception):
         if isinstance(store, Store):
             store.delete_many(keys)
+            store.close_thread_connection()
             return
         with store.transact(retry=True):
             for key in keys:
                 store.delete(key, retry=True)
+        store.close()  # diskcache's: this thread's connection only
 
 
 KEYS_PER_QUERY = 500
 """Keys per ``IN (...)`` query (SQLite allows 999 parameters in older builds)."""
 
-ROWS_PER_INSERT = 90
-"""Rows per ``INSERT`` statement: 8 parameters each, within SQLite's 999 of older builds."""
+ROWS_PER_INSERT = (64, 16, 4, 1)
+"""Rows per ``INSERT`` statement (``row_chunks``): 8 parameters each, within the 999 of
+older SQLite builds."""
 
 
-@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+@functools.lru_cache(maxsize=len(ROWS_PER_INSERT))
 def _insert_rows(count: int) -> str:
     """One statement inserting ``count`` rows: one SQLite step, one GIL hand-off, for them all.
 

@@ -219,7 +219,8 @@ def test_a_large_batch_with_a_job_recorded_twice_keeps_every_record_and_the_last
 ) -> None:
     """Records go many to a statement: across its chunks, and a job seen twice in one batch."""
     history = History(str(tmp_path), None, lambda *args: "")
-    jobs = [Job.ended("sweep", f"x={k}", "", JobState.DONE) for k in range(ROWS_PER_UPSERT * 2 + 7)]
+    count = ROWS_PER_UPSERT[0] * 2 + 7  # every statement size
+    jobs = [Job.ended("sweep", f"x={k}", "", JobState.DONE) for k in range(count)]
     snapshots = [job.snapshot(None) for job in jobs]
     failed = jobs[3]
     failed.state, failed.failure = JobState.ERROR, JobFailure("failed later")
