@@ -146,10 +146,7 @@ class Store(diskcache.Cache):  # type: ignore[misc]  # diskcache is untyped
     def close(self) -> None:
         with contextlib.suppress(Exception):  # a store that cannot be written loses them
             self._later.flush()
-        holder = getattr(self._local, "holder", None)
-        if holder is not None:
-            holder.con = None  # closed here: never handed back
-        super().close()
+        self.close_thread_connection()
 
     def _reopen(self) -> None:
         with self._reopen_lock:
