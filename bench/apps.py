@@ -9,7 +9,7 @@ callback's source and id).
 Configuration comes from the environment, so that the server and a Celery
 worker built from this file agree:
 
-``BENCH_MANAGER``   ``loky`` | ``diskcache`` | ``celery`` | ``floor`` (``bench/floor.py``)
+``BENCH_MANAGER``   ``loky`` | ``diskcache`` | ``celery`` | ``floor`` (``floor.py``) | ``pfloor``
 ``BENCH_STORE``     a private directory for the manager's store
 ``BENCH_REDIS_URL`` broker and result backend (Celery only)
 ``BENCH_BIG``       ``1``: hold a 100 MB global that ``read_big`` reads
@@ -79,8 +79,12 @@ def make_manager() -> Any:
         from bench.floor import ThreadFloorManager
 
         return ThreadFloorManager()
+    if MANAGER_KIND == "pfloor":
+        from bench.process_floor import ProcessFloorManager
+
+        return ProcessFloorManager()
     raise SystemExit(
-        f"BENCH_MANAGER must be loky, ray, diskcache, celery or floor, not {MANAGER_KIND!r}"
+        f"BENCH_MANAGER must be loky, ray, diskcache, celery, floor or pfloor, not {MANAGER_KIND!r}"
     )
 
 

@@ -492,9 +492,14 @@ INTERLEAVED: dict[str, Callable[[dict[str, Server], Settings], dict[str, Samples
 }
 """Metrics measured on all of a repetition's servers at once, job by job in turn."""
 
-NOT_MEASURED: dict[str, frozenset[str]] = {"floor": frozenset({"cancel", "refire", "busy"})}
+NOT_MEASURED: dict[str, frozenset[str]] = {
+    "floor": frozenset({"cancel", "refire", "busy"}),
+    "pfloor": frozenset({"cancel", "refire", "busy", "set_progress_cost", "progress_latency"}),
+}
 """Metrics a manager cannot take part in: the floor's threads cannot be cancelled
-(a spinning job would hold the server's GIL for its whole 20 s)."""
+(a spinning job would hold the server's GIL for its whole 20 s); the process floor
+has no cancel either, and sends every ``set_progress`` down its pipe (it is there
+for the job rows only: what crossing a process boundary costs)."""
 
 STARTUP: dict[str, Callable[[Server, Settings], Samples]] = {
     "startup": startup,

@@ -4,8 +4,10 @@
 ``metrics.py`` returned. Each row below reduces one metric to one number per
 manager; the "÷ DC" columns divide by DiskcacheManager's number from the same
 run, the "Loky ÷ floor" column divides nbbg's by the floor's (``floor.py``:
-jobs on threads in the server, the least the HTTP protocol costs); the target
-column is checked for LokyManager (nbbg).
+jobs on threads in the server, the least the HTTP protocol costs), and "Loky ÷
+process floor" by the process floor's (``process_floor.py``: the least a manager
+with its jobs in other processes costs); the target column is checked for
+LokyManager (nbbg).
 """
 
 from __future__ import annotations
@@ -417,13 +419,16 @@ def table(samples: AllSamples, managers: list[str], settings: dict[str, Any]) ->
 
     Row labels may name ``settings`` fields in braces.
     """
-    others = [m for m in managers if m not in ("diskcache", "floor")]
+    others = [m for m in managers if m not in ("diskcache", "floor", "pfloor")]
     against_floor = "floor" in managers and "loky" in managers
+    against_process_floor = "pfloor" in managers and "loky" in managers
     header = ["metric", "unit", *(LABELS[m] for m in managers)]
     if "diskcache" in managers:
         header += [f"{LABELS[m].removesuffix('Manager')} ÷ DC" for m in others]
     if against_floor:
         header.append("Loky ÷ floor")
+    if against_process_floor:
+        header.append("Loky ÷ process floor")
     header += ["target (nbbg)", "nbbg"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in ROWS:
@@ -438,6 +443,8 @@ def table(samples: AllSamples, managers: list[str], settings: dict[str, Any]) ->
             ]
         if against_floor:
             cells.append(_format_ratio(values["loky"], values["floor"]) if row.ratio else "")
+        if against_process_floor:
+            cells.append(_format_ratio(values["loky"], values["pfloor"]) if row.ratio else "")
         verdict = row.check(values) if row.check else None
         cells += [row.target, {True: "met", False: "**missed**", None: ""}[verdict]]
         lines.append("| " + " | ".join(cells) + " |")

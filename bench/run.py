@@ -7,13 +7,13 @@
         for each metric: for each manager: one repetition of the metric
             (turnaround: one job on each manager in turn; throughput: 3 rounds in turn;
              so load drift weighs on all alike)
-            (not cancel / re-fire on the floor: its threads cannot be cancelled)
+            (not cancel / re-fire on the floors: neither can cancel a job)
         stop the servers -> count the processes they left behind
         start a fresh server per manager holding a 100 MB global
             -> first job 1 s after page load; 100 MB global calls; SIGKILL, count
     -> bench/out/results-<time>.json (raw samples) and the table on stdout
 
-Usage: ``python -m bench [--quick] [--reps N] [--managers loky,diskcache,celery,floor,ray]``.
+Usage: ``python -m bench [--quick] [--reps N] [--managers loky,diskcache,celery,floor,pfloor,ray]``.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--managers",
         default=",".join(DEFAULT_MANAGERS),
-        help="comma-separated subset of loky,diskcache,celery,floor,ray (default: all but ray)",
+        help="comma-separated subset of " + ",".join(MANAGERS) + " (default: all but ray)",
     )
     parser.add_argument("--no-big", action="store_true", help="skip the 100 MB global servers")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for JSON and logs")

@@ -3,8 +3,8 @@
 ::
 
     bench (this process)
-      ├─ python bench/apps.py        BENCH_MANAGER=loky|diskcache|celery|floor, 127.0.0.1:<port>
-      │    └─ loky workers / forked job processes (floor: threads, no process)
+      ├─ python bench/apps.py        BENCH_MANAGER=<kind>, 127.0.0.1:<port> (see MANAGERS)
+      │    └─ loky workers / forked job processes (floor: threads; pfloor: forked workers)
       ├─ redis-server --port <free>  (one per run, Celery only)
       └─ python -m celery -A bench.apps:celery_app worker   (Celery only, one per server)
            └─ prefork pool processes
@@ -36,8 +36,8 @@ from .procs import Ledger
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_SCRIPT = REPO_ROOT / "bench" / "apps.py"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-MANAGERS = ("loky", "diskcache", "celery", "floor", "ray")
-DEFAULT_MANAGERS = ("loky", "diskcache", "celery", "floor")
+MANAGERS = ("loky", "diskcache", "celery", "floor", "pfloor", "ray")
+DEFAULT_MANAGERS = ("loky", "diskcache", "celery", "floor", "pfloor")
 """What ``python -m bench`` compares unless told otherwise: Ray (its own ~20 s start and
 ~700 MiB) joins with ``--managers ...,ray``; ``python -m bench.ray_rows`` has its rows."""
 LABELS = {
@@ -46,6 +46,7 @@ LABELS = {
     "diskcache": "DiskcacheManager",
     "celery": "CeleryManager",
     "floor": "floor (threads)",
+    "pfloor": "floor (processes)",
 }
 START_TIMEOUT = 120.0  # a local Ray takes 4-25 s to start on 2 busy cores
 LEFTOVER_GRACE = 2.0

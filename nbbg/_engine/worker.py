@@ -19,7 +19,6 @@ callable is unpickled afresh for every job, so values it carries inline
 
 from __future__ import annotations
 
-import functools
 import importlib
 import io
 import os
@@ -30,11 +29,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import cloudpickle
-import psutil
 from cachetools import LRUCache
 
 from .._errors import ModuleImportError, StoreError, UnpicklableResultError
@@ -45,7 +43,7 @@ from .jobs import JobFailure
 from .kernel_state import ImportedFiles, KernelState
 from .kernel_state import environ_data as _environ_data
 from .object_cache import ObjectCache, persistent_load
-from .platform import lower_priority, unblock_sigint
+from .platform import lower_priority, resident_memory, unblock_sigint
 from .store import Store
 
 FUNCTION_CACHE_SIZE = 32
@@ -76,8 +74,10 @@ class JobSpec:
     """A pickled result up to this size goes back with the outcome, for the kernel to store."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorkerOutcome:
+    """How a job ended in its worker: a message, filled in once by ``run_job``."""
+
     kind: Literal["ok", "error", "missing"]
     messages_sent: int = 0
     failure: JobFailure | None = None
@@ -338,7 +338,8 @@ def serve_jobs() -> None:
         if outcome.result is None:
             sender.send_outcome(spec.job_id, outcome)
         else:
-            sender.send_outcome(spec.job_id, replace(outcome, result=None), outcome.result)
+            result, outcome.result = outcome.result, None  # it travels beside the outcome
+            sender.send_outcome(spec.job_id, outcome, result)
 
 
 def run_job(spec: JobSpec, save: Saver = _save_result) -> WorkerOutcome:
@@ -352,19 +353,9 @@ def run_job(spec: JobSpec, save: Saver = _save_result) -> WorkerOutcome:
     outcome = _run_job(spec, save)
     if outcome.kind == "missing":
         return outcome
-    return replace(outcome, cpu_time=time.process_time() - started, memory=_resident_memory())
-
-
-def _resident_memory() -> int | None:
-    try:
-        return int(_process(os.getpid()).memory_info().rss)
-    except psutil.Error:
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def _process(pid: int) -> psutil.Process:
-    return psutil.Process(pid)
+    outcome.cpu_time = time.process_time() - started
+    outcome.memory = resident_memory()
+    return outcome
 
 
 def _run_job(spec: JobSpec, save: Saver) -> WorkerOutcome:

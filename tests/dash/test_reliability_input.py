@@ -63,6 +63,12 @@ def _bad_callbacks():
     def returns_object(n):
         return object()
 
+    def returns_huge_int(n):
+        return {"count": 2**70}  # plain types, but beyond what the browser's JSON encoder takes
+
+    def returns_nested_object(n):
+        return {"rows": [1, 2, {"cell": object()}]}
+
     def returns_unloadable(n):
         return _Unloadable()
 
@@ -94,6 +100,16 @@ def _bad_callbacks():
             returns_object,
             False,
             "`returns_object` returned a value that cannot be sent to the browser",
+        ),
+        "integer too large for JSON": (
+            returns_huge_int,
+            False,
+            "`returns_huge_int` returned a value that cannot be sent to the browser",
+        ),
+        "non-JSON value inside plain data": (
+            returns_nested_object,
+            False,
+            "`returns_nested_object` returned a value that cannot be sent to the browser",
         ),
         "result the kernel cannot unpickle": (
             returns_unloadable,

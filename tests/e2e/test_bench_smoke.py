@@ -1,10 +1,10 @@
-"""The benchmark's quick mode compares all four managers and leaves no process behind.
+"""The benchmark's quick mode compares all five managers and leaves no process behind.
 
 A check that ``python -m bench --quick`` works end to end for LokyManager,
 DiskcacheManager, CeleryManager (with the private redis-server it starts) and
-the floor: the renderer-protocol client, the server subprocesses, every metric
-and the comparison table built from them. Not a timing assertion: the numbers
-only have to be there, in the right columns.
+the two floors (threads, processes): the renderer-protocol client, the server
+subprocesses, every metric and the comparison table built from them. Not a
+timing assertion: the numbers only have to be there, in the right columns.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ MANAGERS = {
     "diskcache": "DiskcacheManager",
     "celery": "CeleryManager",
     "floor": "floor (threads)",
+    "pfloor": "floor (processes)",
 }
-RATIO_COLUMNS = ("Loky ÷ DC", "Celery ÷ DC", "Loky ÷ floor")
+RATIO_COLUMNS = ("Loky ÷ DC", "Celery ÷ DC", "Loky ÷ floor", "Loky ÷ process floor")
+PROGRESS_ROWS = ("one set_progress call", "… progress delivered", "progress latency p90")
+"""Rows the process floor takes no part in (it sends every set_progress down its pipe)."""
 QUICK_JOBS = 16  # metrics.QUICK.throughput_jobs
 QuickRun = tuple[str, dict[str, Any], Path]
 BENCH_SECONDS = 400  # ~45 s on an idle 2-core machine; CI runs other suites alongside
@@ -121,6 +124,9 @@ def test_quick_bench_puts_every_manager_and_ratio_in_the_table(
             # DiskcacheManager loses some jobs (a forked server deadlocks): a row resting
             # on one job of it may show "-" for that one; the others must all be numbers.
             lost_allowed = kind == "diskcache" and starts in one_job_each
+            if kind == "pfloor" and starts in PROGRESS_ROWS:
+                assert row[label] == "-", (starts, row)
+                continue
             assert _is_number(row[label]) or (lost_allowed and row[label] == "-"), (starts, row)
     for starts in compared:
         row = _row(table, starts)
@@ -135,6 +141,7 @@ def test_quick_bench_puts_every_manager_and_ratio_in_the_table(
     for kind in ("loky", "diskcache", "celery"):
         assert _is_number(cancel[MANAGERS[kind]]), cancel
     assert cancel[MANAGERS["floor"]] == "-"  # threads cannot be cancelled: not measured
+    assert cancel[MANAGERS["pfloor"]] == "-"  # no cancel in the process floor either
 
 
 @pytest.mark.timeout(BENCH_SECONDS + 60)
@@ -167,6 +174,17 @@ def test_quick_bench_floor_answers_every_job_it_is_given(quick_run: QuickRun) ->
     assert samples["progress_latency"][0]["seen"] > 0
     assert samples["memory"][0]["outcomes"] == ["done"] * 4
     assert "cancel" not in samples and "refire" not in samples
+
+
+@pytest.mark.timeout(BENCH_SECONDS + 60)
+def test_quick_bench_process_floor_answers_every_job_it_is_given(quick_run: QuickRun) -> None:
+    """The process floor is the reference for what a process boundary costs: it loses nothing."""
+    samples = quick_run[1]["samples"]["pfloor"]
+    for metric in ("throughput", "throughput_calm"):
+        assert samples[metric][0]["done"] == QUICK_JOBS
+    assert all(ms is not None for ms in samples["turnaround"][0]["ms"])
+    assert samples["memory"][0]["outcomes"] == ["done"] * 4
+    assert not {"cancel", "refire", "set_progress_cost", "progress_latency"} & set(samples)
 
 
 @pytest.mark.timeout(BENCH_SECONDS + 60)

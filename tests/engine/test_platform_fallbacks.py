@@ -164,3 +164,22 @@ def test_worker_side_fallbacks_in_a_real_process() -> None:
     assert done.returncode == 0, done.stderr
     before, after = map(int, done.stdout.split())
     assert after == min(19, before + _platform.WORKER_NICE_INCREMENT)
+
+
+def test_own_memory_is_read_from_proc_and_through_psutil_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a worker reports as its memory at each job's end, on Linux and elsewhere."""
+    tolerance = 8 * 2**20  # the two reads are not at the same instant
+    assert _platform.HAS_PROC_STATM, "this Linux machine has /proc/self/statm"
+    before = _platform.resident_memory()
+    assert before is not None
+    assert abs(before - psutil.Process().memory_info().rss) < tolerance
+    block = bytearray(64 * 2**20)  # zero-filled pages: touch each so they count as resident
+    block[::4096] = b"\1" * len(block[::4096])
+    grown = _platform.resident_memory()
+    assert grown is not None and grown - before >= 60 * 2**20
+    monkeypatch.setattr(_platform, "HAS_PROC_STATM", False)
+    through_psutil = _platform.resident_memory()
+    assert through_psutil is not None and abs(through_psutil - grown) < tolerance
+    del block
