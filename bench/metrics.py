@@ -18,7 +18,14 @@ from typing import Any
 
 from nbbg.client import BackgroundJob, DashClient, JobResult, output_value
 
-from .procs import busiest_descendant, pss_by_process, pss_mib, tree, wait_until_idle
+from .procs import (
+    busiest_descendant,
+    pss_by_process,
+    pss_mib,
+    tree,
+    wait_until_idle,
+    wait_until_quiet,
+)
 from .servers import Server
 
 Samples = dict[str, Any]
@@ -320,9 +327,16 @@ def progress_latency(server: Server, settings: Settings) -> Samples:
 
 
 def _spinning_job(
-    client: DashClient, server: Server, settings: Settings
+    client: DashClient, server: Server, settings: Settings, busy_now: bool = False
 ) -> tuple[BackgroundJob, Callable[[], Any], int | None]:
-    """Start a ``spin`` job, its poll chain, and find the process burning CPU for it."""
+    """Start a ``spin`` job, its poll chain, and find the process burning CPU for it.
+
+    With no other job running, the server's processes are let settle first
+    (``wait_until_quiet``), so a replacement worker still starting is not taken
+    for the job's process.
+    """
+    if not busy_now:
+        wait_until_quiet(server.roots())
     job = client.submit("spin-out", {"spin-go": client.click("spin-go"), "spin-seconds": 20})
     polled = _poll_in_thread(client, job, settings.job_timeout)
     pid = None
@@ -403,7 +417,7 @@ def _busy_once(server: Server, settings: Settings) -> Samples:
     a poll and a cancel, and how soon the cancelled job stops."""
     with DashClient.open(server.url) as client:
         first, first_polled, first_pid = _spinning_job(client, server, settings)
-        second, second_polled, _ = _spinning_job(client, server, settings)
+        second, second_polled, _ = _spinning_job(client, server, settings, busy_now=True)
         time.sleep(0.3)
         with client.sibling() as prober:
             poll_ms = []

@@ -73,9 +73,11 @@ class ProcessFloorManager(BaseBackgroundCallbackManager):
         self._free: list[_Worker] = []
         self._secret: bytes | None = None
         context = multiprocessing.get_context("fork")
+        ends: list[Connection] = []  # the server's ends, each inherited by later forks
         for index in range(max_workers or os.cpu_count() or 1):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs,), daemon=True)
+            ends.append(ours)
+            process = context.Process(target=_serve, args=(theirs, list(ends)), daemon=True)
             process.start()
             theirs.close()
             worker = _Worker(index, process, ours)
@@ -186,8 +188,14 @@ class ProcessFloorManager(BaseBackgroundCallbackManager):
             worker.process.kill()
 
 
-def _serve(conn: Connection) -> None:
-    """A worker: run the jobs that come down the pipe, one at a time, until it closes."""
+def _serve(conn: Connection, server_ends: list[Connection]) -> None:
+    """A worker: run the jobs that come down the pipe, one at a time, until it closes.
+
+    The fork gave it copies of the server's pipe ends, its own among them: closed
+    first, so that the server's exit ends the pipe and with it this process.
+    """
+    for end in server_ends:
+        end.close()
     functions: dict[int, tuple[Callable[..., Any], bool]] = {}
     while True:
         try:

@@ -70,6 +70,28 @@ def _cpu_seconds(process: psutil.Process) -> float | None:
     return times.user + times.system
 
 
+def wait_until_quiet(roots: list[int], window: float = 0.1, timeout: float = 5.0) -> bool:
+    """Return once no descendant used more than a fifth of ``window`` s of CPU in a window.
+
+    Run before a job whose process is found by its CPU use: a worker that a
+    previous cancel replaced may still be importing its modules (loky's warm
+    start, ~0.5 s of CPU), and taken for the job's process it never "stops".
+    False if the descendants were still busy after ``timeout`` s.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = {p.pid: (p, _cpu_seconds(p)) for p in descendants(roots)}
+        time.sleep(window)
+        used = [
+            end - start
+            for process, start in before.values()
+            if start is not None and (end := _cpu_seconds(process)) is not None
+        ]
+        if max(used, default=0.0) <= window / 5:
+            return True
+    return False
+
+
 def busiest_descendant(roots: list[int], window: float = 0.25) -> int | None:
     """The descendant that used most CPU over ``window`` s, if it used at least half of it."""
     before = {p.pid: (p, _cpu_seconds(p)) for p in descendants(roots)}

@@ -158,6 +158,8 @@ def test_quick_bench_runs_every_metric_on_nbbg(quick_run: QuickRun) -> None:
     assert cancel["found_process"] == [True] and None not in cancel["stop_ms"]
     assert cancel["cancelled_job_outcome"] == ["ended"]
     assert cancel["concurrent_unharmed"] == [True]
+    busy = samples["busy"][0]
+    assert None not in busy["stop_ms"], "the cancelled job's process was found and seen to stop"
     assert samples["refire"][0]["new_job_outcome"] == ["done"]
     assert samples["memory"][0]["outcomes"] == ["done"] * 4
     assert [rep["processes"] for rep in samples["leftover"]] == [0]
@@ -185,6 +187,7 @@ def test_quick_bench_process_floor_answers_every_job_it_is_given(quick_run: Quic
     assert all(ms is not None for ms in samples["turnaround"][0]["ms"])
     assert samples["memory"][0]["outcomes"] == ["done"] * 4
     assert not {"cancel", "refire", "set_progress_cost", "progress_latency"} & set(samples)
+    assert [rep["processes"] for rep in samples["leftover"]] == [0]
 
 
 @pytest.mark.timeout(BENCH_SECONDS + 60)
