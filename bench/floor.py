@@ -41,13 +41,15 @@ from dash.exceptions import PreventUpdate
 JobFn = Callable[[str, str, Any, Any], None]
 
 
-class ThreadFloorManager(BaseBackgroundCallbackManager):
-    """Dash's manager contract with the least work behind it: threads and dicts."""
+class DictManager(BaseBackgroundCallbackManager):
+    """Dash's request side over dicts under one lock: what both floors share.
 
-    def __init__(self, max_workers: int | None = None) -> None:
-        self._pool = ThreadPoolExecutor(
-            max_workers=max_workers or os.cpu_count() or 1, thread_name_prefix="floor-job"
-        )
+    A job's outcome is kept (``_keep_result``) only while it is undelivered;
+    progress is the latest value, ``set_props`` updates are merged between two
+    polls, as a browser expects.
+    """
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._results: dict[str, Any] = {}
@@ -59,51 +61,26 @@ class ThreadFloorManager(BaseBackgroundCallbackManager):
         super().__init__(cache_by=None)  # type: ignore[no-untyped-call]
 
     # -------------------------------------------------------- job side
-    def make_job_fn(self, fn: Callable[..., Any], progress: Any, key: str | None = None) -> JobFn:
-        def job_fn(cache_key: str, job: str, args: Any, context: Any) -> None:
-            def set_progress(value: Any) -> None:
-                values = list(value) if isinstance(value, (list, tuple)) else [value]
-                with self._lock:
-                    self._progress[cache_key] = values
-
-            def set_props(component_id: str, props: dict[str, Any]) -> None:
-                # Merged, as a browser expects from several set_props between two polls.
-                with self._lock:
-                    pending = self._props.setdefault(cache_key, {})
-                    pending[component_id] = {**pending.get(component_id, {}), **props}
-
-            callback_context = AttributeDict(**context)
-            callback_context.ignore_register_page = False
-            callback_context.updated_props = ProxySetProps(set_props)  # type: ignore[no-untyped-call]
-            context_value.set(callback_context)
-            leading = [set_progress] if progress else []
-            try:
-                if isinstance(args, dict):
-                    outcome = fn(*leading, **args)
-                elif isinstance(args, (list, tuple)):
-                    outcome = fn(*leading, *args)
-                else:
-                    outcome = fn(*leading, args)
-            except PreventUpdate:
-                outcome = {"_dash_no_update": "_dash_no_update"}
-            except Exception as exc:  # noqa: BLE001 - Dash shows it in the browser
-                outcome = {
-                    "background_callback_error": {"msg": str(exc), "tb": traceback.format_exc()}
-                }
-            with self._lock:
-                if self._undelivered.get(job) == cache_key:  # else terminated: nobody reads it
-                    self._results[cache_key] = outcome
-
-        return job_fn
-
-    def call_job_fn(self, key: str, job_fn: JobFn, args: Any, context: Any) -> str:
+    def _new_job(self, key: str) -> str:
         job = str(next(self._ids))
         with self._lock:
             self._results.pop(key, None)
             self._undelivered[job] = key
-        # An empty context per job: it sets the callback context (a context variable) itself.
-        self._pool.submit(Context().run, job_fn, key, job, args, context)
         return job
+
+    def _keep_progress(self, key: str, values: list[Any]) -> None:
+        with self._lock:
+            self._progress[key] = values
+
+    def _merge_props(self, key: str, component_id: str, props: dict[str, Any]) -> None:
+        with self._lock:
+            pending = self._props.setdefault(key, {})
+            pending[component_id] = {**pending.get(component_id, {}), **props}
+
+    def _keep_result(self, job: str, key: str, outcome: Any) -> None:
+        with self._lock:
+            if self._undelivered.get(job) == key:  # else terminated: nobody reads it
+                self._results[key] = outcome
 
     # -------------------------------------------------------- request side
     def job_running(self, job: Any) -> bool:
@@ -113,7 +90,7 @@ class ThreadFloorManager(BaseBackgroundCallbackManager):
             return str(job) in self._undelivered
 
     def terminate_job(self, job: Any) -> None:
-        # Cannot stop a thread: the job is forgotten; it runs on, its result unread.
+        # Neither floor can stop a job: it is forgotten; it runs on, its result unread.
         with self._lock:
             self._undelivered.pop(str(job), None)
 
@@ -151,6 +128,63 @@ class ThreadFloorManager(BaseBackgroundCallbackManager):
         with self._lock:
             self._results.pop(key, None)
 
+
+class ThreadFloorManager(DictManager):
+    """Dash's manager contract with the least work behind it: threads and dicts."""
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers or os.cpu_count() or 1, thread_name_prefix="floor-job"
+        )
+        super().__init__()
+
+    def make_job_fn(self, fn: Callable[..., Any], progress: Any, key: str | None = None) -> JobFn:
+        def job_fn(cache_key: str, job: str, args: Any, context: Any) -> None:
+            def set_progress(value: Any) -> None:
+                values = list(value) if isinstance(value, (list, tuple)) else [value]
+                self._keep_progress(cache_key, values)
+
+            def set_props(component_id: str, props: dict[str, Any]) -> None:
+                self._merge_props(cache_key, component_id, props)
+
+            self._keep_result(
+                job, cache_key, run_callback(fn, progress, args, context, set_progress, set_props)
+            )
+
+        return job_fn
+
+    def call_job_fn(self, key: str, job_fn: JobFn, args: Any, context: Any) -> str:
+        job = self._new_job(key)
+        # An empty context per job: it sets the callback context (a context variable) itself.
+        self._pool.submit(Context().run, job_fn, key, job, args, context)
+        return job
+
     def shutdown(self) -> None:
         """Stop taking jobs; running ones finish on their own (threads cannot be stopped)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_callback(
+    fn: Callable[..., Any],
+    has_progress: bool,
+    args: Any,
+    context: Any,
+    set_progress: Callable[[Any], None],
+    set_props: Callable[[str, dict[str, Any]], None],
+) -> Any:
+    """Call ``fn`` as Dash's managers do: callback context, ``set_progress``, errors as results."""
+    callback_context = AttributeDict(**(context or {}))
+    callback_context.ignore_register_page = False
+    callback_context.updated_props = ProxySetProps(set_props)  # type: ignore[no-untyped-call]
+    context_value.set(callback_context)
+    leading = [set_progress] if has_progress else []
+    try:
+        if isinstance(args, dict):
+            return fn(*leading, **args)
+        if isinstance(args, (list, tuple)):
+            return fn(*leading, *args)
+        return fn(*leading, args)
+    except PreventUpdate:
+        return {"_dash_no_update": "_dash_no_update"}
+    except Exception as exc:  # noqa: BLE001 - Dash shows it in the browser
+        return {"background_callback_error": {"msg": str(exc), "tb": traceback.format_exc()}}
