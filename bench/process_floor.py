@@ -24,6 +24,7 @@ are sent once per worker with cloudpickle, as nbbg does).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import threading
@@ -38,10 +39,19 @@ from bench.floor import DictManager, run_callback
 
 
 class FloorFunction:
-    """What ``make_job_fn`` returns: the callback, pickled once, and whether it takes progress."""
+    """What ``make_job_fn`` returns: the callback and whether it takes progress.
+
+    Pickled at its first job, not here: Dash hands a new manager every background
+    callback registered in the process so far, some of which may not pickle.
+    """
 
     def __init__(self, fn: Callable[..., Any], progress: bool) -> None:
-        self.payload = cloudpickle.dumps((fn, progress))
+        self.fn = fn
+        self.progress = progress
+
+    @functools.cached_property
+    def payload(self) -> bytes:
+        return bytes(cloudpickle.dumps((self.fn, self.progress)))
 
 
 class _Worker:
