@@ -24,8 +24,8 @@ def json_problem(value: Any) -> str | None:
     """Why ``value`` cannot go to the browser as JSON, or None when it can.
 
     A small value of plain JSON types is answered without encoding it: Dash
-    encodes every answer anyway, and plotly's encoder costs a no-op job's
-    poll ~20 us before orjson even starts.
+    encodes every answer anyway, and plotly's encoder (module lookups before
+    orjson starts) costs ~4 us a small value against < 1 us for this walk.
     """
     if _plain_json(value):
         return None

@@ -1,7 +1,8 @@
 """What differs between Linux, macOS and Windows, in one place.
 
 nbbg is developed and tested on Linux. Four things it does there do not exist
-everywhere, and each has a small fallback here (the last is only faster on Linux):
+everywhere, and each has a small fallback here; a fifth, how a worker reads its
+own memory, is only faster on Linux:
 
 ==========================  ===============================  =====================================
 capability                  Linux / macOS                    fallback (Windows)
