@@ -335,11 +335,8 @@ def serve_jobs() -> None:
             sender.send_outcome("", WorkerOutcome("error", 0, failure))
             continue
         outcome = run_job(spec)
-        if outcome.result is None:
-            sender.send_outcome(spec.job_id, outcome)
-        else:
-            result, outcome.result = outcome.result, None  # it travels beside the outcome
-            sender.send_outcome(spec.job_id, outcome, result)
+        result, outcome.result = outcome.result, None  # it travels beside the outcome
+        sender.send_outcome(spec.job_id, outcome, result)
 
 
 def run_job(spec: JobSpec, save: Saver = _save_result) -> WorkerOutcome:
