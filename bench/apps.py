@@ -9,7 +9,7 @@ callback's source and id).
 Configuration comes from the environment, so that the server and a Celery
 worker built from this file agree:
 
-``BENCH_MANAGER``   ``loky`` | ``diskcache`` | ``celery`` | ``floor`` (``floor.py``) | ``pfloor``
+``BENCH_MANAGER``   ``loky`` | ``diskcache`` | ``celery`` | ``floor`` | ``pfloor`` (the two floors)
 ``BENCH_STORE``     a private directory for the manager's store
 ``BENCH_REDIS_URL`` broker and result backend (Celery only)
 ``BENCH_BIG``       ``1``: hold a 100 MB global that ``read_big`` reads

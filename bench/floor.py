@@ -140,15 +140,14 @@ class ThreadFloorManager(DictManager):
 
     def make_job_fn(self, fn: Callable[..., Any], progress: Any, key: str | None = None) -> JobFn:
         def job_fn(cache_key: str, job: str, args: Any, context: Any) -> None:
-            def set_progress(value: Any) -> None:
-                values = list(value) if isinstance(value, (list, tuple)) else [value]
+            def keep_progress(values: list[Any]) -> None:
                 self._keep_progress(cache_key, values)
 
             def set_props(component_id: str, props: dict[str, Any]) -> None:
                 self._merge_props(cache_key, component_id, props)
 
             self._keep_result(
-                job, cache_key, run_callback(fn, progress, args, context, set_progress, set_props)
+                job, cache_key, run_callback(fn, progress, args, context, keep_progress, set_props)
             )
 
         return job_fn
@@ -169,10 +168,17 @@ def run_callback(
     has_progress: bool,
     args: Any,
     context: Any,
-    set_progress: Callable[[Any], None],
+    keep_progress: Callable[[list[Any]], None],
     set_props: Callable[[str, dict[str, Any]], None],
 ) -> Any:
-    """Call ``fn`` as Dash's managers do: callback context, ``set_progress``, errors as results."""
+    """Call ``fn`` as Dash's managers do: callback context, ``set_progress``, errors as results.
+
+    ``keep_progress`` gets each progress value as the list Dash sends to the browser.
+    """
+
+    def set_progress(value: Any) -> None:
+        keep_progress(list(value) if isinstance(value, (list, tuple)) else [value])
+
     callback_context = AttributeDict(**(context or {}))
     callback_context.ignore_register_page = False
     callback_context.updated_props = ProxySetProps(set_props)  # type: ignore[no-untyped-call]

@@ -153,8 +153,7 @@ def _serve(conn: Connection, server_ends: list[Connection]) -> None:
             functions[fn_id] = cloudpickle.loads(payload)
         fn, has_progress = functions[fn_id]
 
-        def set_progress(value: Any, job: str = job, key: str = key) -> None:
-            values = list(value) if isinstance(value, (list, tuple)) else [value]
+        def keep_progress(values: list[Any], job: str = job, key: str = key) -> None:
             conn.send(("progress", job, key, values))
 
         def set_props(
@@ -162,5 +161,5 @@ def _serve(conn: Connection, server_ends: list[Connection]) -> None:
         ) -> None:
             conn.send(("props", job, key, (component_id, props)))
 
-        outcome = run_callback(fn, has_progress, args, context, set_progress, set_props)
+        outcome = run_callback(fn, has_progress, args, context, keep_progress, set_props)
         conn.send(("result", job, key, outcome))

@@ -70,6 +70,18 @@ def _cpu_seconds(process: psutil.Process) -> float | None:
     return times.user + times.system
 
 
+def _cpu_used_over(roots: list[int], window: float) -> dict[int, float]:
+    """CPU seconds each descendant used over the next ``window`` s (those that ended: left out)."""
+    before = {p.pid: (p, _cpu_seconds(p)) for p in descendants(roots)}
+    time.sleep(window)
+    used = {}
+    for pid, (process, start) in before.items():
+        end = _cpu_seconds(process)
+        if start is not None and end is not None:
+            used[pid] = end - start
+    return used
+
+
 def wait_until_quiet(roots: list[int], window: float = 0.1, timeout: float = 5.0) -> bool:
     """Return once no descendant used more than a fifth of ``window`` s of CPU in a window.
 
@@ -80,29 +92,17 @@ def wait_until_quiet(roots: list[int], window: float = 0.1, timeout: float = 5.0
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = {p.pid: (p, _cpu_seconds(p)) for p in descendants(roots)}
-        time.sleep(window)
-        used = [
-            end - start
-            for process, start in before.values()
-            if start is not None and (end := _cpu_seconds(process)) is not None
-        ]
-        if max(used, default=0.0) <= window / 5:
+        if max(_cpu_used_over(roots, window).values(), default=0.0) <= window / 5:
             return True
     return False
 
 
 def busiest_descendant(roots: list[int], window: float = 0.25) -> int | None:
     """The descendant that used most CPU over ``window`` s, if it used at least half of it."""
-    before = {p.pid: (p, _cpu_seconds(p)) for p in descendants(roots)}
-    time.sleep(window)
     best_pid, best_used = None, window / 2
-    for pid, (process, start) in before.items():
-        end = _cpu_seconds(process)
-        if start is None or end is None:
-            continue
-        if end - start >= best_used:
-            best_pid, best_used = pid, end - start
+    for pid, used in _cpu_used_over(roots, window).items():
+        if used >= best_used:
+            best_pid, best_used = pid, used
     return best_pid
 
 
