@@ -219,7 +219,8 @@ def test_a_large_batch_with_a_job_recorded_twice_keeps_every_record_and_the_last
 ) -> None:
     """Records go many to a statement: across its chunks, and a job seen twice in one batch."""
     history = History(str(tmp_path), None, lambda *args: "")
-    count = ROWS_PER_UPSERT[0] * 2 + 7  # every statement size
+    # The largest statement twice, every other size once.
+    count = ROWS_PER_UPSERT[0] + sum(ROWS_PER_UPSERT)
     jobs = [Job.ended("sweep", f"x={k}", "", JobState.DONE) for k in range(count)]
     snapshots = [job.snapshot(None) for job in jobs]
     failed = jobs[3]
