@@ -170,6 +170,40 @@ def test_a_ray_worker_killed_mid_job_fails_only_that_job(ray_manager: Any) -> No
     assert shown(after)["token"] == 2 and shown(after)["pid"] != pid
 
 
+def test_a_job_names_its_own_process_not_the_previous_jobs(local_ray: None, store_dir: Any) -> None:
+    """Ray picks a process per task: a job's pid is unknown until its task starts.
+
+    The slot's previous job ran in some process; the next job may run in
+    another, so showing (and aiming a cancel at) that pid before the task says
+    where it runs would be wrong. Here every CPU of the cluster is held by other
+    tasks, so the second job is certainly waiting for Ray when it is looked at.
+    """
+    import ray
+
+    manager = nbbg.RayManager(max_workers=1, cache=str(store_dir))
+    try:
+        first = manager.submit(os.getpid)
+        first_pid = manager.wait(first, timeout=60)
+        assert manager.job(first).worker_pid == first_pid
+
+        def hold(seconds: float) -> None:
+            time.sleep(seconds)
+
+        cpus = int(ray.cluster_resources()["CPU"])
+        holders = [ray.remote(num_cpus=1)(hold).remote(3) for _ in range(cpus)]
+        wait_until(
+            lambda: ray.available_resources().get("CPU", 0) == 0, timeout=30, what="CPUs held"
+        )
+        second = manager.submit(os.getpid)
+        shown_while_waiting = manager.job(second).worker_pid
+        ran_in = manager.wait(second, timeout=60)
+        ray.get(holders)
+    finally:
+        manager.shutdown()
+    assert shown_while_waiting is None, (shown_while_waiting, first_pid, ran_in)
+    assert manager.job(second).worker_pid == ran_in
+
+
 def test_an_unreachable_address_names_it(local_ray: None) -> None:
     import ray
 
