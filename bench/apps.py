@@ -138,7 +138,7 @@ app.layout = html.Div(
     interval=NOOP_INTERVAL_MS,
     prevent_initial_call=True,
 )
-def noop(n_clicks):
+def noop(n_clicks: int) -> int:
     return n_clicks
 
 
@@ -149,7 +149,7 @@ def noop(n_clicks):
     interval=CALM_INTERVAL_MS,
     prevent_initial_call=True,
 )
-def noop_calm(n_clicks):
+def noop_calm(n_clicks: int) -> int:
     return n_clicks
 
 
@@ -163,7 +163,7 @@ def noop_calm(n_clicks):
     interval=PROGRESS_INTERVAL_MS,
     prevent_initial_call=True,
 )
-def progress(set_progress, n_clicks, updates, period):
+def progress(set_progress: Any, n_clicks: int, updates: str, period: str) -> int:
     for _ in range(int(updates)):
         set_progress(time.time())
         time.sleep(float(period))
@@ -178,7 +178,7 @@ def progress(set_progress, n_clicks, updates, period):
     interval=SLOW_INTERVAL_MS,
     prevent_initial_call=True,
 )
-def cost(set_progress, n_clicks):
+def cost(set_progress: Any, n_clicks: int) -> dict[str, float]:
     # Calls in batches of 100 so the clock is read rarely; bounded in calls and time.
     calls = 0
     start = time.perf_counter()
@@ -200,7 +200,7 @@ def cost(set_progress, n_clicks):
     interval=SLOW_INTERVAL_MS,
     prevent_initial_call=True,
 )
-def spin(n_clicks, seconds):
+def spin(n_clicks: int, seconds: str) -> int:
     deadline = time.monotonic() + min(float(seconds), SPIN_LIMIT_S)
     turns = 0
     while time.monotonic() < deadline:
@@ -216,7 +216,7 @@ def spin(n_clicks, seconds):
     interval=SLOW_INTERVAL_MS,
     prevent_initial_call=True,
 )
-def steady(n_clicks, seconds):
+def steady(n_clicks: int, seconds: str) -> dict[str, int]:
     total = 0
     steps = max(1, int(float(seconds) / 0.01))
     for step in range(steps):
@@ -232,7 +232,7 @@ def steady(n_clicks, seconds):
     interval=NOOP_INTERVAL_MS,
     prevent_initial_call=True,
 )
-def read_big(n_clicks):
+def read_big(n_clicks: int) -> dict[str, int]:
     return {"n_clicks": n_clicks, "size": len(BIG), "byte": BIG[n_clicks % len(BIG)] if BIG else 0}
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import diskcache
-from dash.background_callback import DiskcacheManager
+from dash import DiskcacheManager
 
 import nbbg
 
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 without.append(timed(manager, print_lines, args.lines, False)[0])
         finally:
             manager.shutdown()
-        sampled, unsampled = [], []
+        sampled: list[float] = []
+        unsampled: list[float] = []
         kernel_cpu: dict[bool, list[float]] = {True: [], False: []}
         for sampling in (True, False) * args.reps:
             manager = nbbg.LokyManager(max_workers=1, cache=tempfile.mkdtemp())

@@ -181,7 +181,7 @@ def run_callback(
 
     callback_context = AttributeDict(**(context or {}))
     callback_context.ignore_register_page = False
-    callback_context.updated_props = ProxySetProps(set_props)  # type: ignore[no-untyped-call]
+    callback_context.updated_props = ProxySetProps(set_props)
     context_value.set(callback_context)
     leading = [set_progress] if has_progress else []
     try:

@@ -36,6 +36,23 @@ def grow_until_stopped(step: int, log: str) -> None:
             out.flush()
 
 
+def _snapshot(manager: nbbg.LokyManager, job: str) -> nbbg.JobSnapshot:
+    snapshot = manager.job(job)
+    if snapshot is None:
+        raise RuntimeError(f"job {job} was forgotten")
+    return snapshot
+
+
+def _started_in(manager: nbbg.LokyManager, job: str) -> int:
+    """The pid of the worker running ``job``, once it runs (at most 60 s)."""
+    deadline = time.monotonic() + 60
+    while (pid := _snapshot(manager, job).worker_pid) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job} did not start in 60 s")
+        time.sleep(0.001)
+    return pid
+
+
 def _gone_at(pid: int, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,9 +74,8 @@ def measure(runs: int, limit_mib: int) -> tuple[list[float], list[float]]:
         for _ in range(runs):
             log = Path(tempfile.mkdtemp()) / "rss.log"
             job = manager.submit(grow_until_stopped, 5 * MiB, str(log))
-            while manager.job(job).worker_pid is None:
-                time.sleep(0.001)
-            gone = _gone_at(manager.job(job).worker_pid, timeout=60)
+            pid = _started_in(manager, job)
+            gone = _gone_at(pid, timeout=60)
             steps = [json.loads(line) for line in log.read_text().splitlines()]
             # The step that crosses begins after the first record within one step of
             # the limit: a bound on the delay from above, tight to one 5 MiB step.
@@ -68,7 +84,7 @@ def measure(runs: int, limit_mib: int) -> tuple[list[float], list[float]]:
                 manager.wait(job, timeout=30)
             except nbbg.JobFailedError:
                 pass
-            finished = manager.job(job).finished_at or gone
+            finished = _snapshot(manager, job).finished_at or gone
             ended.append((finished - crossed) * 1000)
             exited.append((gone - crossed) * 1000)
             time.sleep(0.3)  # the replacement worker warms up

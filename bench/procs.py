@@ -67,7 +67,7 @@ def _cpu_seconds(process: psutil.Process) -> float | None:
         times = process.cpu_times()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
-    return times.user + times.system
+    return float(times.user + times.system)
 
 
 def _cpu_used_over(roots: list[int], window: float) -> dict[int, float]:

@@ -108,7 +108,7 @@ def _full_hash_ms(array: np.ndarray) -> float:
     samples = []
     for _ in range(5):
         started = time.perf_counter()
-        xxhash.xxh3_128_digest(array)
+        xxhash.xxh3_128_digest(array.data)
         samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
 
@@ -136,7 +136,7 @@ def _two_workers_ms(namespace: dict[str, Any]) -> float:
 
 
 def _rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
+    return float(psutil.Process().memory_info().rss / 2**20)
 
 
 def one_run() -> dict[str, float]:

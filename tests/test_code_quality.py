@@ -50,5 +50,5 @@ def test_mypy_strict_finds_nothing() -> None:
 def test_ruff_finds_nothing() -> None:
     checked = _run(["-m", "ruff", "check", "nbbg", "tests", "bench"], REPO)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    formatted = _run(["-m", "ruff", "format", "--check", "nbbg"], REPO)
+    formatted = _run(["-m", "ruff", "format", "--check", "nbbg", "tests", "bench"], REPO)
     assert formatted.returncode == 0, formatted.stdout + formatted.stderr
