@@ -72,6 +72,7 @@ class JobSnapshot:
     finished_at: float | None
     failure: JobFailure | None
     worker_pid: int | None
+    """The process running the job; None before it runs (on Ray, until its task starts)."""
     cache_hit: bool = False
     origin: Any = None
     """Who submitted the job, as the submitter described it (the Dash adapter: which app)."""
