@@ -72,7 +72,8 @@ class JobSnapshot:
     finished_at: float | None
     failure: JobFailure | None
     worker_pid: int | None
-    """The process running the job; None before it runs (on Ray, until its task starts)."""
+    """The process that runs the job; None until then (on Ray, until its task starts) or if
+    it never runs (a cache hit, a job cancelled in the queue)."""
     cache_hit: bool = False
     origin: Any = None
     """Who submitted the job, as the submitter described it (the Dash adapter: which app)."""
