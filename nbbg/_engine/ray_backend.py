@@ -200,8 +200,8 @@ class RayWorker:
     def submit(self, spec: JobSpec) -> Future[WorkerOutcome]:
         future: Future[WorkerOutcome] = Future()
         future.set_running_or_notify_cancel()
-        # Ray picks the process per task: the previous job's is not this one's, and a
-        # cancel or memory stop aimed at it would miss. Unknown until the task says.
+        # Ray picks the process per task, so the previous job's may not run this one:
+        # the job's pid (panel, %nbbg, JobSnapshot) is unknown until its task says.
         self._pid = self._host = None
         try:
             self._ref = self._backend.launch(spec)

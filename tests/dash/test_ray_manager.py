@@ -174,8 +174,9 @@ def test_a_job_names_its_own_process_not_the_previous_jobs(local_ray: None, stor
     """Ray picks a process per task: a job's pid is unknown until its task starts.
 
     The slot's previous job ran in some process; the next job may run in
-    another, so showing (and aiming a cancel at) that pid before the task says
-    where it runs would be wrong. Here every CPU of the cluster is held by other
+    another, so showing that pid before the task says where it runs would name
+    a process that is not running the job (a user watching it after a cancel
+    would see it live on). Here every CPU of the cluster is held by other
     tasks, so the second job is certainly waiting for Ray when it is looked at.
     """
     import ray
